@@ -1,0 +1,1 @@
+"""ONNX Runtime GenAI backend: int4 MatMulNBits models built by onnxruntime-genai's model builder."""

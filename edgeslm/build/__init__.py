@@ -1,0 +1,1 @@
+"""Build side: from a Hugging Face checkpoint to a bundle."""

@@ -1,0 +1,64 @@
+"""The exporter protocol: what a backend implements to produce one artifact format.
+
+The build pipeline hands an exporter an :class:`ExportJob` (validated source model, format,
+typed settings, an empty folder to fill) and gets back an :class:`ExportResult` describing what it
+made; the pipeline then checksums the files and writes the manifest. Exporters never print.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..formats import FormatSpec
+from ..progress import Progress
+from .source import SourceModel
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    source: SourceModel
+    fmt: FormatSpec
+    settings: Any  # the format's settings dataclass
+    out_dir: Path  # empty folder the artifact is written into
+    work_dir: Path  # scratch space, deleted after the build
+    default_total_tokens: int  # planned context of the targets that use this artifact
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    quantization: dict[str, Any]
+    max_total_tokens: int
+    max_prompt_tokens: int
+    kv_cache_bytes_per_token: int
+    kv_cache_dtype: str
+    weight_bytes: int
+    runtime_overhead_bytes: int
+    details: dict[str, Any] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)  # versions of the packages used
+
+
+class Exporter(Protocol):
+    def check_available(self) -> None:
+        """Raise BackendMissingError naming the extra to install if a package is missing."""
+
+    def estimate_output_bytes(self, source: SourceModel, settings: Any) -> int:
+        """Upper estimate of the artifact's size on disk, for the free-space check."""
+
+    def export(self, job: ExportJob, progress: Progress) -> ExportResult:
+        """Write the artifact into ``job.out_dir``."""
+
+
+class Scorer(Protocol):
+    """Scores token windows with an artifact (used for the manifest's measured quality)."""
+
+    def window_nll(self, artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+        """Sum of negative log-likelihoods of tokens 1..n-1 of each window, in nats."""
+
+
+def get_exporter(spec: FormatSpec) -> Exporter:
+    """The exporter object of a format's backend (``edgeslm.backends.<backend>.exporter.EXPORTER``)."""
+    module = importlib.import_module(f"edgeslm.backends.{spec.backend}.exporter")
+    return module.EXPORTER

@@ -1,0 +1,251 @@
+"""``edgeslm build``: targets + checkpoint + recipe → one verified bundle folder (and optional .tar).
+
+Order of work, cheapest checks first so bad input fails in seconds: targets and their formats →
+output folder → source checkpoint (headers, architecture) → recipe and overrides → free disk space
+→ exports (each format once, however many targets share it) → checksums → manifest → verify →
+rename into place. Everything is written in a temporary folder beside the destination; a failed
+build removes it and leaves any previous bundle untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import __version__
+from ..bundle.checksums import sha256_file
+from ..bundle.manifest import (SCHEMA, SCHEMA_VERSION, Artifact, ContextEnvelope, FileEntry, Manifest, MemoryNeeds,
+                               Provenance, Runtime, TargetEntry, write_manifest)
+from ..bundle.pack import pack_bundle
+from ..bundle.verify import verify_bundle
+from ..config.recipes import Recipe, apply_overrides, recipe_for_config
+from ..config.targets import Target, resolve_target
+from ..errors import BuildError, DiskSpaceError, FormatNotImplementedError, ModelSourceError, OutputExistsError
+from ..formats import FORMATS, FormatSpec
+from ..package_versions import version_of
+from ..progress import NullProgress, Progress
+from .exporter import ExportJob, ExportResult, get_exporter
+from .model_identity import chat_info, model_info
+from .quality import QualityRequest, measure_quality
+from .source import SourceModel, load_source
+
+DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    targets: tuple[str, ...]
+    model: str | None = None
+    out: Path | None = None
+    force: bool = False
+    pack: bool = False
+    recipe: str | None = None
+    overrides: tuple[str, ...] = ()
+    quality: QualityRequest | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Path
+    manifest: Manifest
+    archive: Path | None
+    seconds: float
+
+
+def plan_formats(target_names: tuple[str, ...]) -> tuple[list[Target], list[FormatSpec]]:
+    """Resolve the targets and the formats they need, in order, each once."""
+    if not target_names:
+        raise BuildError("no target given", hint="pass --target, e.g. --target raspberrypi")
+    targets: list[Target] = []
+    for name in target_names:
+        target = resolve_target(name)
+        if target not in targets:
+            targets.append(target)
+    formats: list[FormatSpec] = []
+    for target in targets:
+        for fmt_name in target.formats:
+            spec = FORMATS[fmt_name]
+            if not spec.implemented:
+                raise FormatNotImplementedError(
+                    f"target '{target.name}' needs artifact format '{spec.name}', which is not implemented yet "
+                    f"(tracked in {spec.planned_in})",
+                    hint="build for a target whose formats all exist today, e.g. cpu-x86_64, cpu-arm64 or "
+                         "raspberrypi")
+            if spec not in formats:
+                formats.append(spec)
+    return targets, formats
+
+
+def build_bundle(request: BuildRequest, progress: Progress | None = None) -> BuildResult:
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    targets, formats = plan_formats(request.targets)
+    exporters = {spec.name: get_exporter(spec) for spec in formats}
+    for exporter in exporters.values():
+        exporter.check_available()
+
+    model_arg = request.model or DEFAULT_MODEL
+    out = Path(request.out) if request.out else Path.cwd() / f"{_slug(Path(model_arg).name)}.bundle"
+    out = out.expanduser().absolute()
+    _check_destination(out, request.force)
+
+    with progress.task("Checking the source checkpoint") as advance:
+        source = load_source(model_arg, hash_progress=advance)
+    recipe = recipe_for_config(source.config, request.recipe)
+    if not any(a in recipe.architectures for a in source.config.get("architectures") or []):
+        raise ModelSourceError(f"recipe '{recipe.name}' is for {', '.join(recipe.architectures)}, "
+                               f"not {source.architecture}")
+    recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
+    settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
+    needed = sum(exporters[s.name].estimate_output_bytes(source, settings[s.name]) for s in formats)
+    _check_free_space(out.parent, int(needed * 1.1))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging.chmod(0o755)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+    try:
+        manifest = _build_into(staging, work, source, recipe, targets, formats, exporters, settings,
+                               request, progress, started)
+        with progress.task("Verifying the bundle") as advance:
+            verify_bundle(staging, progress=advance).raise_for_problems()
+        _move_into_place(staging, out, request.force)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno == 28:
+            raise DiskSpaceError(f"out of disk space while building into {out.parent}",
+                                 hint="free some space or pass --out on a larger disk") from None
+        raise BuildError(f"build failed: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        _keep_only_logs(work)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    archive = pack_bundle(out, force=request.force) if request.pack else None
+    return BuildResult(out, manifest, archive, time.monotonic() - started)
+
+
+def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, targets: list[Target],
+                formats: list[FormatSpec], exporters: dict, settings: dict, request: BuildRequest,
+                progress: Progress, started: float) -> Manifest:
+    chat = chat_info(source.path, recipe.stop_tokens)
+    packages: dict[str, str] = {}
+    artifacts = []
+    for spec in formats:
+        art_dir = staging / "artifacts" / spec.name
+        art_dir.mkdir(parents=True)
+        default_total = max(t.planning.default_context_length for t in targets if spec.name in t.formats)
+        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total)
+        result = exporters[spec.name].export(job, progress)
+        packages.update(result.packages)
+        quality = None
+        if request.quality:
+            quality = measure_quality(request.quality, source.path, spec, art_dir, progress)
+        files = _hash_tree(staging, art_dir, progress, f"{spec.name}: checksums")
+        artifacts.append(_artifact_entry(spec, result, files, default_total, quality))
+    target_map = {t.name: TargetEntry(tuple(t.formats), t.planning.default_context_length) for t in targets}
+    digest = hashlib.sha256("".join(f.sha256 for a in artifacts for f in a.files).encode()).hexdigest()
+    manifest = Manifest(
+        schema=SCHEMA,
+        schema_version=SCHEMA_VERSION,
+        bundle_id=f"{_slug(source.name)}-{digest[:12]}",
+        model=model_info(source),
+        chat=chat,
+        artifacts=tuple(artifacts),
+        targets=target_map,
+        provenance=Provenance(
+            edgeslm_version=__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            packages=dict(sorted(packages.items())),
+            recipe=recipe.to_json(),
+            build_host={"os": platform.system().lower(), "machine": platform.machine(),
+                        "python": platform.python_version()},
+            duration_s=round(time.monotonic() - started, 2),
+        ),
+    )
+    write_manifest(manifest, staging)
+    return manifest
+
+
+def _artifact_entry(spec: FormatSpec, result: ExportResult, files: tuple[FileEntry, ...], default_total: int,
+                    quality) -> Artifact:
+    built_with = version_of(spec.runtime_package.replace("-cuda", "")) or spec.runtime_min_version
+    release = ".".join(built_with.split(".")[:2]) + ".0"
+    min_version = max(release, spec.runtime_min_version, key=lambda v: tuple(int(x) for x in v.split(".")[:3]))
+    return Artifact(
+        id=spec.name,
+        format=spec.name,
+        path=f"artifacts/{spec.name}",
+        runtime=Runtime(spec.runtime_package, min_version),
+        device_kinds=(spec.device_kind,),
+        cpu_archs=spec.cpu_archs,
+        quantization=result.quantization,
+        context=ContextEnvelope(result.max_total_tokens, result.max_prompt_tokens,
+                                min(default_total, result.max_total_tokens)),
+        memory=MemoryNeeds(result.weight_bytes, result.kv_cache_bytes_per_token, result.kv_cache_dtype,
+                           result.runtime_overhead_bytes),
+        files=files,
+        quality=quality,
+        details=result.details,
+    )
+
+
+def _hash_tree(root: Path, folder: Path, progress: Progress, label: str) -> tuple[FileEntry, ...]:
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    entries = []
+    with progress.task(label, total=sum(p.stat().st_size for p in paths)) as advance:
+        for path in paths:
+            entries.append(FileEntry(path.relative_to(root).as_posix(), path.stat().st_size,
+                                     sha256_file(path, advance)))
+    return tuple(entries)
+
+
+def _check_destination(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise OutputExistsError(f"output {out} already exists", hint="pass --force to replace it, or --out elsewhere")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"output {out} exists and is not a folder")
+
+
+def _check_free_space(folder: Path, needed: int) -> None:
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise DiskSpaceError(f"not enough disk space in {probe}: the build needs about {needed / 2**20:,.0f} MiB, "
+                             f"{free / 2**20:,.0f} MiB are free", hint="free some space or pass --out on a larger disk")
+
+
+def _move_into_place(staging: Path, out: Path, force: bool) -> None:
+    if out.exists():
+        if not force:
+            raise OutputExistsError(f"output {out} appeared during the build", hint="pass --force to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
+def _keep_only_logs(work: Path) -> None:
+    logs = list(work.glob("*.log"))
+    if not logs:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for child in work.iterdir():
+        if child.suffix != ".log":
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-").lower() or "model"

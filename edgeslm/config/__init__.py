@@ -1,0 +1,1 @@
+"""Target and recipe configuration (TOML files → frozen dataclasses)."""

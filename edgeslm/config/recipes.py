@@ -1,0 +1,147 @@
+"""Model-family recipes: ``recipes/*.toml`` → frozen dataclasses with typed per-format settings.
+
+A recipe names the architectures it applies to and, per artifact format, the quantization settings.
+Settings are typed by the format's backend (``FormatSpec.settings``); command-line overrides
+(``--set FORMAT.KEY=VALUE`` or ``--set KEY=VALUE`` for every format that has KEY) are converted to
+the field's type and validated the same way as the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from ..errors import ConfigError, ModelSourceError, UsageError
+from ..formats import FORMATS
+from .data_dirs import data_dir
+from .strict import convert, parse, read_toml, to_plain
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    default_model: str
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    stop_tokens: tuple[str, ...]
+    formats: Mapping[str, Any]  # format name -> settings dataclass instance
+    source_file: str = ""
+
+    def settings_for(self, fmt: str) -> Any:
+        if fmt not in self.formats:
+            raise ConfigError(f"recipe '{self.name}' has no settings for format '{fmt}'",
+                              hint=f"add a [formats.{fmt}] table to {Path(self.source_file).name}")
+        return self.formats[fmt]
+
+    def to_json(self) -> dict[str, Any]:
+        data = to_plain(self)
+        data.pop("source_file", None)
+        return data
+
+
+@dataclass(frozen=True)
+class _RecipeFile:
+    name: str
+    description: str
+    default_model: str
+    architectures: tuple[str, ...]
+    model_types: tuple[str, ...]
+    stop_tokens: tuple[str, ...]
+    formats: Mapping[str, Mapping[str, Any]]
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    where = path.name
+    raw = parse(_RecipeFile, read_toml(path), where)
+    if raw.name != path.stem:
+        raise ConfigError(f"{where}: key 'name' is '{raw.name}' but the file is named '{path.stem}'")
+    formats = {}
+    for fmt, table in raw.formats.items():
+        if fmt not in FORMATS:
+            raise ConfigError(f"{where}: key 'formats.{fmt}' names unknown format '{fmt}'",
+                              hint=f"known formats: {', '.join(FORMATS)}")
+        spec = FORMATS[fmt]
+        if not spec.settings:
+            raise ConfigError(f"{where}: key 'formats.{fmt}': format '{fmt}' is not implemented yet "
+                              f"({spec.planned_in}); remove the table until it is")
+        formats[fmt] = parse(spec.settings_class(), dict(table), where, f"formats.{fmt}")
+    return Recipe(raw.name, raw.description, raw.default_model, raw.architectures, raw.model_types,
+                  raw.stop_tokens, MappingProxyType(formats), str(path))
+
+
+def all_recipes(directory: Path | None = None) -> dict[str, Recipe]:
+    directory = directory or data_dir("recipes")
+    return {r.name: r for r in (load_recipe_file(p) for p in sorted(directory.glob("*.toml")))}
+
+
+def recipe_for_config(config: Mapping[str, Any], name: str | None = None,
+                      directory: Path | None = None) -> Recipe:
+    """The recipe named ``name``, or the one whose architectures match the model's config.json."""
+    recipes = all_recipes(directory)
+    if name:
+        if name not in recipes:
+            close = difflib.get_close_matches(name, list(recipes), n=2)
+            raise UsageError(f"unknown recipe '{name}'",
+                             hint=f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(recipes)}")
+        return recipes[name]
+    archs = list(config.get("architectures") or [])
+    for recipe in recipes.values():
+        if any(a in recipe.architectures for a in archs):
+            return recipe
+    supported = sorted({a for r in recipes.values() for a in r.architectures})
+    shown = ", ".join(archs) or f"model_type {config.get('model_type')!r}"
+    raise ModelSourceError(f"unsupported architecture: {shown}",
+                           hint=f"edgeslm has recipes for {', '.join(supported)}")
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str], formats: list[str]) -> Recipe:
+    """Apply ``FORMAT.KEY=VALUE`` / ``KEY=VALUE`` overrides, typed by the settings dataclass."""
+    new = dict(recipe.formats)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set '{item}' is not KEY=VALUE", hint="e.g. --set onnx-int4-cpu.block_size=64")
+        key = key.strip()
+        fmt, dot, field = key.rpartition(".")
+        targets = [fmt] if dot else [f for f in formats if f in new]
+        if dot and fmt not in new:
+            raise UsageError(f"--set '{item}': recipe '{recipe.name}' has no format '{fmt}'",
+                             hint=f"formats in this recipe: {', '.join(new)}")
+        applied = False
+        for f in targets:
+            settings = new[f]
+            names = {x.name: x for x in dataclasses.fields(settings)}
+            if field not in names:
+                if dot:
+                    close = difflib.get_close_matches(field, list(names), n=1)
+                    raise UsageError(f"--set '{item}': '{f}' has no setting '{field}'",
+                                     hint=f"did you mean '{close[0]}'?" if close else f"settings: {', '.join(names)}")
+                continue
+            hint_type = typing.get_type_hints(type(settings))[field]
+            value = parse_value(text.strip(), hint_type, f"--set {key}")
+            new[f] = dataclasses.replace(settings, **{field: value})
+            applied = True
+        if not applied:
+            raise UsageError(f"--set '{item}': no format being built has a setting '{field}'")
+    return dataclasses.replace(recipe, formats=MappingProxyType(new))
+
+
+def parse_value(text: str, tp: Any, where: str) -> Any:
+    """Convert command-line text to ``tp`` (JSON syntax accepted), then validate strictly."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if tp is str or (typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
+        value = text
+    try:
+        return convert(tp, value, where)
+    except ConfigError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
