@@ -35,7 +35,7 @@ from ..progress import NullProgress, Progress
 from .exporter import ExportJob, ExportResult, get_exporter
 from .model_identity import chat_info, model_info
 from .quality import QualityRequest, measure_quality
-from .source import SourceModel, load_source
+from .source import SourceModel, locate, read_config, scan_weights
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
 
@@ -97,12 +97,14 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
     out = out.expanduser().absolute()
     _check_destination(out, request.force)
 
-    with progress.task("Checking the source checkpoint") as advance:
-        source = load_source(model_arg, hash_progress=advance)
-    recipe = recipe_for_config(source.config, request.recipe)
-    if not any(a in recipe.architectures for a in source.config.get("architectures") or []):
+    model_path, hub_id = locate(model_arg)
+    config = read_config(model_path)
+    recipe = recipe_for_config(config, request.recipe)
+    if not any(a in recipe.architectures for a in config.get("architectures") or []):
         raise ModelSourceError(f"recipe '{recipe.name}' is for {', '.join(recipe.architectures)}, "
-                               f"not {source.architecture}")
+                               f"not {', '.join(config.get('architectures') or ['?'])}")
+    with progress.task("Checking the source weights (safetensors headers, sha256)") as advance:
+        source = scan_weights(model_path, hub_id, config, hash_progress=advance)
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
     settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
     needed = sum(exporters[s.name].estimate_output_bytes(source, settings[s.name]) for s in formats)

@@ -94,7 +94,12 @@ def _from_hub(repo_id: str) -> Path:
 def load_source(model: str, hash_progress: Callable[[int], None] | None = None) -> SourceModel:
     """Locate and validate ``model``; compute checksums of its weight files."""
     path, hub_id = locate(model)
-    config = read_config(path)
+    return scan_weights(path, hub_id, read_config(path), hash_progress)
+
+
+def scan_weights(path: Path, hub_id: str | None, config: dict[str, Any],
+                 hash_progress: Callable[[int], None] | None = None) -> SourceModel:
+    """Validate the safetensors files of a located checkpoint and checksum them."""
     weights = list_weight_files(path)
     files = []
     for weight in weights:

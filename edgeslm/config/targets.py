@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -56,7 +55,6 @@ def _targets_dir() -> Path:
     return data_dir("targets")
 
 
-@lru_cache(maxsize=None)
 def load_target_file(path: Path) -> Target:
     where = path.name
     table = read_toml(path)

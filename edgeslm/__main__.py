@@ -1,0 +1,3 @@
+from edgeslm.cli import run
+
+run()

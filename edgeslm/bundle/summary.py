@@ -1,0 +1,41 @@
+"""A readable, multi-line summary of a manifest (``edgeslm inspect``)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .manifest import Manifest
+
+
+def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
+    lines = [
+        f"bundle    {m.bundle_id}  (schema {m.schema} v{m.schema_version})",
+        f"model     {m.model.name}: {m.model.architecture}, {m.model.parameter_count / 1e6:,.1f}M parameters, "
+        f"{m.model.num_layers} layers, context up to {m.model.max_position_embeddings:,} tokens",
+        f"chat      stop tokens {', '.join(f'{t} ({i})' for t, i in zip(m.chat.stop_tokens, m.chat.stop_token_ids))}",
+        f"built     {m.provenance.created} with edgeslm {m.provenance.edgeslm_version} "
+        f"in {m.provenance.duration_s:.0f} s",
+        "artifacts",
+    ]
+    for a in m.artifacts:
+        size = sum(f.size for f in a.files)
+        q = a.quantization
+        quant = ", ".join(f"{k}={v}" for k, v in q.items() if k in ("precision", "block_size", "algorithm",
+                                                                        "accuracy_level", "bits", "group_size"))
+        lines.append(f"  {a.id}: {a.format} for {'/'.join(a.device_kinds)} on {'/'.join(a.cpu_archs)}, "
+                     f"needs {a.runtime.package}>={a.runtime.min_version}")
+        lines.append(f"      {len(a.files)} files, {human_bytes(size)}; {quant}")
+        kv = a.memory.kv_cache_bytes_per_token
+        lines.append(f"      memory: weights {human_bytes(a.memory.weight_bytes)} + KV cache {human_bytes(kv)}/token "
+                     f"({human_bytes(kv * a.context.default_total_tokens)} at {a.context.default_total_tokens:,} "
+                     f"tokens, {a.memory.kv_cache_dtype})")
+        lines.append(f"      context: default {a.context.default_total_tokens:,}, max {a.context.max_total_tokens:,} "
+                     f"tokens (prompt ≤ {a.context.max_prompt_tokens:,})")
+        if a.quality:
+            lines.append(f"      quality: {a.quality.metric} {a.quality.artifact:.3f} vs source {a.quality.source:.3f} "
+                         f"({a.quality.relative_change:+.2%}) on {a.quality.windows}×{a.quality.window_tokens} tokens "
+                         f"of {a.quality.dataset}")
+    lines.append("targets")
+    for name, entry in m.targets.items():
+        lines.append(f"  {name}: {' > '.join(entry.artifacts)} (context {entry.context_length:,})")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The ``edgeslm`` command line: a thin click layer over the library.
+
+Subcommands are imported lazily (``LazyGroup``) so that ``edgeslm chat`` on a Raspberry Pi never
+imports build code. Every command body calls one library function; errors are mapped once, here,
+to a one-line message and an exit code (tracebacks only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .. import __version__
+
+COMMANDS = {
+    "build": ("edgeslm.cli.build_cmd:build", "Quantize and export a checkpoint into a bundle for targets."),
+    "targets": ("edgeslm.cli.targets_cmd:targets", "List the device targets."),
+    "inspect": ("edgeslm.cli.bundle_cmds:inspect", "Summarize a bundle (or .tar)."),
+    "verify": ("edgeslm.cli.bundle_cmds:verify", "Recompute every checksum of a bundle."),
+    "pack": ("edgeslm.cli.bundle_cmds:pack", "Pack a bundle folder into one .tar file."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="edgeslm")
+@click.option("--debug", is_flag=True, envvar="EDGESLM_DEBUG", help="Show tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """edgeslm: build Phi-3.5 models for edge devices, flash them, and run them there."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import EdgeslmError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("EDGESLM_DEBUG"))
+    try:
+        code = cli.main(args=argv, prog_name="edgeslm", standalone_mode=False)
+    except EdgeslmError as exc:
+        if debug:
+            raise
+        click.echo(f"edgeslm: error: {exc.one_line()}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("edgeslm: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("edgeslm: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # an unexpected bug: one line unless --debug
+        if debug:
+            raise
+        click.echo(f"edgeslm: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                   err=True)
+        return 70
+    return code if isinstance(code, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

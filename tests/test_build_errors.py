@@ -1,0 +1,131 @@
+"""Bad input to 'edgeslm build': one specific line on stderr, a non-zero exit, no traceback, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import DOCS_MODEL, assert_clean_error, run_cli
+from edgeslm.bundle.verify import verify_bundle
+
+
+def _build(*args: str, env: dict | None = None):
+    return run_cli("build", "--target", "raspberrypi", *args, env=env)
+
+
+def _checkpoint_copy(tmp_path: Path, name: str = "model") -> Path:
+    dest = tmp_path / name
+    shutil.copytree(DOCS_MODEL, dest)
+    for path in dest.iterdir():
+        path.chmod(0o644)
+    return dest
+
+
+def test_missing_model_folder(tmp_path: Path):
+    assert_clean_error(_build("--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")), "does not exist")
+
+
+def test_folder_without_config(tmp_path: Path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"x")
+    assert_clean_error(_build("--model", str(tmp_path / "m"), "--out", str(tmp_path / "o")), "no config.json")
+
+
+@pytest.mark.parametrize("config", [
+    {"architectures": ["BertModel"], "model_type": "bert"},
+    {"architectures": ["LlamaForCausalLM"], "model_type": "llama"},
+])
+def test_unsupported_architecture(tmp_path: Path, config: dict):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    result = _build("--model", str(model), "--out", str(tmp_path / "o"))
+    assert_clean_error(result, "unsupported architecture", config["architectures"][0])
+    assert "Phi3ForCausalLM" in result.stderr  # says what is supported
+
+
+def test_corrupt_safetensors(tmp_path: Path):
+    model = _checkpoint_copy(tmp_path)
+    (model / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    assert_clean_error(_build("--model", str(model), "--out", str(tmp_path / "o")),
+                       "model.safetensors is not a valid safetensors file")
+
+
+def test_truncated_safetensors(tmp_path: Path):
+    model = _checkpoint_copy(tmp_path)
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    assert_clean_error(_build("--model", str(model), "--out", str(tmp_path / "o")), "truncated")
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path: Path):
+    model = _checkpoint_copy(tmp_path)
+    (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    assert_clean_error(_build("--model", str(model), "--out", str(tmp_path / "o")), "no *.safetensors")
+
+
+def test_unknown_target_suggests_names(tmp_path: Path):
+    result = run_cli("build", "--target", "rasberrypi", "--model", str(DOCS_MODEL), "--out", str(tmp_path / "o"))
+    assert_clean_error(result, "unknown target 'rasberrypi'", "raspberrypi")
+
+
+def test_target_with_unimplemented_format(tmp_path: Path):
+    result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
+                     "--out", str(tmp_path / "o"))
+    assert_clean_error(result, "intel-core-ultra", "openvino-int4", "not implemented")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_without_force(tmp_path: Path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_clean_error(_build("--model", str(DOCS_MODEL), "--out", str(out)), "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_override_value(tmp_path: Path):
+    result = _build("--model", str(DOCS_MODEL), "--out", str(tmp_path / "o"), "--set", "block_size=48")
+    assert_clean_error(result, "block_size", "48")
+
+
+def test_offline_hub_id_says_how_to_pass_a_folder(tmp_path: Path):
+    result = run_cli("build", "--target", "raspberrypi", "--out", str(tmp_path / "o"),
+                     env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert_clean_error(result, "microsoft/Phi-3.5-mini-instruct", "--model DIR")
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_out_of_disk_space(small_disk: Path):
+    result = _build("--model", str(DOCS_MODEL), "--out", str(small_disk / "bundle"))
+    assert_clean_error(result, "not enough disk space")
+    assert list(small_disk.iterdir()) == []
+
+
+def test_failed_build_leaves_previous_bundle_intact(built_bundle: Path, tmp_path: Path):
+    out = tmp_path / "existing.bundle"
+    shutil.copytree(built_bundle, out)
+    model = _checkpoint_copy(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] = 512  # the weights have 768: the export fails midway
+    (model / "config.json").write_text(json.dumps(config))
+    result = _build("--model", str(model), "--out", str(out), "--force")
+    assert_clean_error(result, "builder failed")
+    assert verify_bundle(out).ok
+    leftovers = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert leftovers == []
