@@ -28,6 +28,8 @@ class FormatSpec:
     implemented: bool
     planned_in: str = ""  # where a not-yet-implemented format is tracked
     settings: str = ""  # "module:Class" of the recipe options dataclass
+    accelerator: str = ""  # what the host must offer: "" (any CPU), cuda, metal, qnn, openvino
+    auto_select: str = "always"  # "always", or "native": only on hosts of its own platform unless asked for
 
     def settings_class(self) -> type:
         module_name, _, class_name = self.settings.partition(":")
@@ -42,13 +44,14 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec("onnx-int4-cpu", "onnx_genai", "cpu", ("x86_64", "arm64"), "onnxruntime-genai", "0.18.0",
                    "ort", "build-onnx", True, settings=_ONNX),
         FormatSpec("onnx-int4-cuda", "onnx_genai", "gpu", ("x86_64", "arm64"), "onnxruntime-genai-cuda", "0.18.0",
-                   "ort-cuda", "build-onnx", True, settings=_ONNX),
+                   "ort-cuda", "build-onnx", True, settings=_ONNX, accelerator="cuda"),
         FormatSpec("openvino-int4", "openvino", "npu", ("x86_64",), "openvino-genai", "2026.0",
-                   "openvino", "build-openvino", False, "the OpenVINO target issue"),
+                   "openvino", "build-openvino", False, "the OpenVINO target issue", accelerator="openvino"),
         FormatSpec("mlx-4bit", "mlx", "gpu", ("arm64",), "mlx-lm", "0.20.0",
-                   "mlx", "build-mlx", False, "the Apple silicon (MLX) issue"),
+                   "mlx", "build-mlx", False, "the Apple silicon (MLX) issue", accelerator="metal",
+                   auto_select="native"),
         FormatSpec("qnn-context", "qnn", "npu", ("arm64",), "onnxruntime-qnn", "2.7.0",
-                   "qnn", "build-qnn", False, "the Snapdragon NPU (QNN) issue"),
+                   "qnn", "build-qnn", False, "the Snapdragon NPU (QNN) issue", accelerator="qnn"),
     )
 }
 

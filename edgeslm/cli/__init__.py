@@ -21,6 +21,9 @@ COMMANDS = {
     "inspect": ("edgeslm.cli.bundle_cmds:inspect", "Summarize a bundle (or .tar)."),
     "verify": ("edgeslm.cli.bundle_cmds:verify", "Recompute every checksum of a bundle."),
     "pack": ("edgeslm.cli.bundle_cmds:pack", "Pack a bundle folder into one .tar file."),
+    "run": ("edgeslm.cli.run_cmds:run", "Answer one prompt with the artifact that matches this host."),
+    "chat": ("edgeslm.cli.run_cmds:chat", "Chat interactively (/reset, /exit, Ctrl-D)."),
+    "doctor": ("edgeslm.cli.doctor_cmd:doctor", "Show the host profile and which artifact runs here and why."),
 }
 
 

@@ -1,0 +1,60 @@
+"""``edgeslm run`` (one prompt) and ``edgeslm chat`` (interactive)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .device_options import apply, generation_kwargs, generation_options, selection_options
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("prompt")
+@apply(selection_options)
+@apply(generation_options)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
+def run(bundle, prompt, artifact, device, context, max_new_tokens, temperature, top_p, top_k, seed, system,
+        verify_mode, threads, as_json) -> None:
+    """Answer PROMPT with the artifact that matches this host, streaming to stdout."""
+    from ..runtime.loaded_model import load
+
+    gen = generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed)
+    with load(bundle, artifact=artifact, device=device, context=context, verify=verify_mode,
+              threads=threads) as llm:
+        stream = llm.stream([{"role": "user", "content": prompt}], system=system, **gen)
+        for piece in stream:
+            if not as_json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        result = stream.result
+    if as_json:
+        click.echo(json.dumps({
+            "text": result.text, "finish_reason": result.finish_reason,
+            "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+            "time_to_first_token_s": round(result.time_to_first_token_s, 4),
+            "tokens_per_s": round(result.decode_tokens_per_s, 2), "total_s": round(result.total_s, 3),
+            "artifact": result.artifact_id, "device": result.device,
+            "context_tokens": llm.context_tokens}))
+    else:
+        sys.stdout.write("\n")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@apply(selection_options)
+@apply(generation_options)
+def chat(bundle, artifact, device, context, max_new_tokens, temperature, top_p, top_k, seed, system,
+         verify_mode, threads) -> None:
+    """Chat interactively (multi-turn). Commands: /reset clears the history, /exit or Ctrl-D quits."""
+    from ..runtime.chat_session import run_chat
+    from ..runtime.loaded_model import load
+
+    gen = generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed)
+    with load(bundle, artifact=artifact, device=device, context=context, verify=verify_mode,
+              threads=threads) as llm:
+        click.echo(f"edgeslm chat: {llm.candidate.summary}. /reset clears, /exit quits.", err=True)
+        run_chat(llm, sys.stdin, sys.stdout, system=system, interactive=sys.stdin.isatty(), **gen)

@@ -1,0 +1,1 @@
+"""Device side: host probe, artifact selection, engines and the Python API (edgeslm.load)."""

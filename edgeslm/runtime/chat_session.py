@@ -1,0 +1,48 @@
+"""The interactive chat loop: multi-turn history, /reset, /exit, end of input (Ctrl-D)."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from ..errors import EdgeslmError
+from .generation import ContextLengthError
+
+
+def run_chat(llm: Any, stdin: TextIO, stdout: TextIO, system: str | None = None, interactive: bool = True,
+             **options: Any) -> int:
+    """Returns the number of answered turns."""
+    history: list[dict[str, str]] = []
+    turns = 0
+    while True:
+        if interactive:
+            stdout.write(">>> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:  # Ctrl-D / end of input
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            history.clear()
+            stdout.write("[history cleared]\n")
+            continue
+        history.append({"role": "user", "content": text})
+        try:
+            stream = llm.stream(history, system=system, **options)
+        except ContextLengthError as exc:
+            history.pop()
+            stdout.write(f"[{exc.one_line()}]\n")
+            continue
+        except EdgeslmError:
+            history.pop()
+            raise
+        for piece in stream:
+            stdout.write(piece)
+            stdout.flush()
+        stdout.write("\n")
+        history.append({"role": "assistant", "content": stream.result.text})
+        turns += 1
+    return turns

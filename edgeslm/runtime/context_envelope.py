@@ -1,0 +1,56 @@
+"""How many tokens of context an artifact may use on this host: the manifest's limits and the RAM.
+
+Never the model's 131072-token default: the KV cache is allocated for the whole context up front
+(onnxruntime-genai shares one buffer between past and present), so the context is the largest that
+fits in the available RAM after the weights, capped by the artifact's planned default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..bundle.manifest import Artifact
+from ..errors import UsageError
+
+MIN_CONTEXT = 512
+SAFETY_BYTES = 256 * 2**20  # left free for the OS page cache, the Python process, the tokenizer
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    total_tokens: int  # prompt + generated, allocated up front
+    max_prompt_tokens: int
+    memory_bytes: int  # weights + KV cache for total_tokens + overhead
+    limited_by: str  # "artifact default", "request", "artifact maximum", "RAM"
+
+
+def plan_context(artifact: Artifact, available_bytes: int, requested: int | None = None) -> ContextPlan | str:
+    """A plan, or a reason string when the artifact cannot run in this much memory."""
+    mem, ctx = artifact.memory, artifact.context
+    base = mem.weight_bytes + mem.runtime_overhead_bytes
+    usable = available_bytes - SAFETY_BYTES
+    if base + mem.kv_cache_bytes_per_token * MIN_CONTEXT > usable:
+        return (f"needs {_gib(base + mem.kv_cache_bytes_per_token * MIN_CONTEXT)} for weights and a "
+                f"{MIN_CONTEXT}-token KV cache, {_gib(max(usable, 0))} RAM available")
+    by_ram = (usable - base) // max(mem.kv_cache_bytes_per_token, 1)
+    if requested is not None:
+        if requested < 16:
+            raise UsageError(f"context of {requested} tokens is too small")
+        if requested > ctx.max_total_tokens:
+            return f"requested context {requested:,} exceeds the artifact's maximum of {ctx.max_total_tokens:,} tokens"
+        if requested > by_ram:
+            return (f"requested context {requested:,} tokens needs "
+                    f"{_gib(base + mem.kv_cache_bytes_per_token * requested)}; this host has room for {by_ram:,}")
+        total, limited = requested, "request"
+    else:
+        total, limited = ctx.default_total_tokens, "artifact default"
+        if total > ctx.max_total_tokens:
+            total, limited = ctx.max_total_tokens, "artifact maximum"
+        if total > by_ram:
+            total, limited = int(by_ram), "RAM"
+    prompt = min(ctx.max_prompt_tokens, total - 1)
+    return ContextPlan(total, prompt, base + mem.kv_cache_bytes_per_token * total, limited)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"

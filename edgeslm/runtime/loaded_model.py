@@ -1,0 +1,162 @@
+"""The Python API, the same for every backend::
+
+    llm = edgeslm.load("demo.bundle")
+    result = llm.chat([{"role": "user", "content": "What does os.path.join do?"}], max_new_tokens=128)
+    for piece in llm.stream(messages):
+        print(piece, end="")
+    llm.close()
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..bundle.manifest import Manifest, read_manifest
+from ..bundle.pack import OpenedBundle
+from .chat_template import ChatTemplate, validate_messages
+from .generation import ContextLengthError, GenerationOptions, GenerationResult, Usage
+from .host_probe import HostProfile, probe_host
+from .selection import Candidate, Selection, rank_artifacts
+from .stop_text import StopScanner
+from .verified_files import verify_before_load
+
+
+class Stream:
+    """Iterate for text pieces; ``result`` holds the GenerationResult once the iteration ends."""
+
+    def __init__(self, pieces: Iterator[str]):
+        self._pieces = pieces
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def close(self) -> None:
+        self._pieces.close()  # type: ignore[attr-defined]
+
+
+class LLM:
+    def __init__(self, opened: OpenedBundle, manifest: Manifest, selection: Selection, engine: Any):
+        self._opened = opened
+        self.manifest = manifest
+        self.selection = selection
+        self.candidate: Candidate = selection.chosen
+        self.engine = engine
+        self.template = ChatTemplate(manifest.chat)
+        self.stop_ids = frozenset(manifest.chat.stop_token_ids)
+        self._lock = threading.Lock()  # one generation at a time per engine
+
+    @property
+    def context_tokens(self) -> int:
+        return self.candidate.context.total_tokens
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.candidate.context.max_prompt_tokens
+
+    def prompt_ids(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
+        messages = validate_messages(messages)
+        if system:
+            messages = [{"role": "system", "content": system}, *[m for m in messages if m["role"] != "system"]]
+        return self.engine.encode(self.template.render(messages))
+
+    def stream(self, messages: list[dict[str, str]], system: str | None = None, **options: Any) -> Stream:
+        opts = GenerationOptions(**{**options, "stop": tuple(options.get("stop") or ())})
+        ids = self.prompt_ids(messages, system)
+        if len(ids) > self.max_prompt_tokens:
+            raise ContextLengthError(
+                f"the prompt has {len(ids):,} tokens; this host allows {self.max_prompt_tokens:,} "
+                f"(context {self.context_tokens:,} for {self.candidate.artifact.id})",
+                hint="shorten the conversation, /reset the chat, or pass a larger --context if RAM allows")
+        stream = Stream(iter(()))
+        stream._pieces = self._pieces(ids, opts, stream)
+        return stream
+
+    def chat(self, messages: list[dict[str, str]], system: str | None = None, **options: Any) -> GenerationResult:
+        stream = self.stream(messages, system, **options)
+        for _ in stream:
+            pass
+        assert stream.result is not None
+        return stream.result
+
+    def _pieces(self, ids: list[int], opts: GenerationOptions, stream: Stream) -> Iterator[str]:
+        max_total = min(len(ids) + opts.max_new_tokens, self.context_tokens)
+        scanner, decode = StopScanner(opts.stop), self.engine.text_decoder()
+        texts: list[str] = []
+        count, finish = 0, "length"
+        start = time.perf_counter()
+        first = last = start
+        with self._lock:
+            tokens = self.engine.generate(ids, opts, max_total)
+            try:
+                for token in tokens:
+                    now = time.perf_counter()
+                    if count == 0:
+                        first = now
+                    last = now
+                    if token in self.stop_ids:
+                        finish = "stop"
+                        break
+                    count += 1
+                    piece = scanner.feed(decode(token))
+                    if piece:
+                        texts.append(piece)
+                        yield piece
+                    if scanner.stopped:
+                        finish = "stop"
+                        break
+                    if count >= opts.max_new_tokens:
+                        break
+                else:
+                    if count < opts.max_new_tokens and len(ids) + count < max_total:
+                        finish = "stop"  # the engine ended on its own end-of-sequence token
+                tail = scanner.flush()
+                if tail:
+                    texts.append(tail)
+                    yield tail
+            except GeneratorExit:
+                finish = "cancelled"
+                raise
+            finally:
+                tokens.close()
+                decode_s = last - first
+                stream.result = GenerationResult(
+                    text="".join(texts), finish_reason=finish, usage=Usage(len(ids), count),
+                    time_to_first_token_s=first - start,
+                    decode_tokens_per_s=(count - 1) / decode_s if count > 1 and decode_s > 0 else 0.0,
+                    total_s=time.perf_counter() - start, artifact_id=self.candidate.artifact.id,
+                    device=self.candidate.device)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        self._opened.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(bundle: str | Path, artifact: str | None = None, device: str | None = None, context: int | None = None,
+         verify: str = "fast", host: HostProfile | None = None, threads: int | None = None) -> LLM:
+    """Open a bundle (folder or .tar), pick the artifact for this host, verify it and load its engine."""
+    opened = OpenedBundle(Path(bundle))
+    try:
+        manifest = read_manifest(opened.folder)
+        host = host or probe_host()
+        selection = rank_artifacts(manifest, host, artifact_id=artifact, device=device, context=context)
+        chosen = selection.chosen
+        verify_before_load(opened.folder, manifest, chosen.artifact.id, verify)
+        backend = importlib.import_module(f"edgeslm.backends.{chosen.spec.backend}.engine")
+        engine = backend.open_engine(opened.folder / chosen.artifact.path, chosen, host, manifest, threads=threads)
+        return LLM(opened, manifest, selection, engine)
+    except BaseException:
+        opened.close()
+        raise
