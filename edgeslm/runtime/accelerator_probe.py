@@ -32,7 +32,7 @@ class Findings:
 
     packages: dict[str, str] = field(default_factory=dict)
     openvino_devices: tuple[str, ...] | None = None
-    qnn_htp: bool = False  # the QNN execution provider with the HTP backend can be loaded
+    qnn_htp: bool = False  # the QNN execution provider's HTP backend is installed (counts on arm64 hosts only)
 
 
 def probe_findings(os_name: str) -> Findings:
@@ -70,7 +70,7 @@ def accelerators_from(files: "HostFiles", host: "HostProfile", findings: Finding
         found.append(Accelerator("gpu", "intel", "Intel GPU", "openvino"))
     # Qualcomm Hexagon NPU: Snapdragon device tree or FastRPC device, usable through the QNN EP.
     snapdragon = "qcom," in compatible or files.exists("/dev/fastrpc-cdsp") or "Qualcomm" in host.cpu_model \
-        or "Oryon" in host.cpu_model
+        or "Oryon" in host.cpu_model or findings.qnn_htp
     if snapdragon and host.cpu_arch == "arm64":
         found.append(Accelerator("npu", "qualcomm", f"Hexagon NPU ({host.soc or 'Snapdragon'})", "qnn"))
     # Apple GPU: every Apple silicon Mac has Metal.

@@ -39,10 +39,14 @@ def run_chat(llm: Any, stdin: TextIO, stdout: TextIO, system: str | None = None,
         except EdgeslmError:
             history.pop()
             raise
-        for piece in stream:
-            stdout.write(piece)
-            stdout.flush()
+        try:
+            for piece in stream:
+                stdout.write(piece)
+                stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+            stream.close()
+            stdout.write(" [interrupted]")
         stdout.write("\n")
-        history.append({"role": "assistant", "content": stream.result.text})
+        history.append({"role": "assistant", "content": stream.result.text if stream.result else ""})
         turns += 1
     return turns
