@@ -173,3 +173,19 @@ def test_readme_quickstart_builds_and_answers(tmp_path):
         result = run_cli(*shlex.split(step)[1:], cwd=tmp_path)
         assert result.returncode == 0, (step, result)
     assert result.stdout.strip()
+
+
+def test_system_prompt_changes_the_prompt(llm, built_bundle):
+    plain = llm.prompt_ids(PROMPTS[0])
+    with_system = llm.prompt_ids(PROMPTS[0], system="You answer briefly.")
+    assert len(with_system) > len(plain) and with_system[0] == 32006  # <|system|>
+    result = run_cli("run", str(built_bundle), "What is `len`?", "--system", "You answer briefly.", "-n", "16")
+    assert result.returncode == 0, result
+
+
+def test_bench_reports_speed(built_bundle):
+    result = run_cli("bench", str(built_bundle), "--repeats", "1", "--new-tokens", "16", "--json")
+    assert result.returncode == 0, result
+    data = result.json()
+    assert data["artifact_id"] == "onnx-int4-cpu" and data["median_decode_tokens_per_s"] > 0
+    assert 0 < data["generated_tokens"][0] <= 16 and data["prompt_tokens"] > 50

@@ -23,6 +23,7 @@ COMMANDS = {
     "pack": ("edgeslm.cli.bundle_cmds:pack", "Pack a bundle folder into one .tar file."),
     "run": ("edgeslm.cli.run_cmds:run", "Answer one prompt with the artifact that matches this host."),
     "chat": ("edgeslm.cli.run_cmds:chat", "Chat interactively (/reset, /exit, Ctrl-D)."),
+    "bench": ("edgeslm.cli.bench_cmd:bench", "Measure time to first token and decode speed on this device."),
     "doctor": ("edgeslm.cli.doctor_cmd:doctor", "Show the host profile and which artifact runs here and why."),
 }
 

@@ -1,0 +1,264 @@
+"""Decode speed and memory of ``edgeslm.load(bundle)`` against a plain onnxruntime-genai loop.
+
+Speed (one process holding both): the bundle is loaded with ``edgeslm.load`` (the shim) and the same
+artifact folder is loaded again with ``og.Config`` + the session options the engine sets
+(``intra_op_num_threads`` = physical cores, ``inter_op_num_threads`` = 1, providers cleared),
+``og.Model`` and ``og.Tokenizer`` (the anchor). Both get the same prompt ids (``llm.prompt_ids``) and
+generate greedily up to N new tokens; the anchor is the canonical og loop (``generate_next_token``,
+``get_next_tokens``, a tokenizer stream ``decode`` per token). Both use the same definitions:
+TTFT = first token time - start of generation (GeneratorParams), decode tok/s = (tokens - 1) /
+(last token time - first token time). Runs are interleaved (plain, shim, plain, shim, ...) after
+one warm-up each; medians and shim/plain ratios go to the JSON file.
+
+Memory (``--rss-contexts 512,2048``): for each context a fresh child process loads the bundle with
+``edgeslm.load(bundle, context=CTX)``, feeds a prompt of CTX-64 tokens (eval text repeated and cut
+by token count) and generates 32 tokens; then another fresh child does the same with the plain og
+loop (``max_length=CTX``) on the ids the first child used. Each child reports ``ru_maxrss`` and
+``VmHWM`` (peak RSS), RSS after load, TTFT (≈ prefill) and decode tok/s.
+
+Usage: python benchmarks/runtime_decode.py BUNDLE [--max-new-tokens N] [--repeats 5]
+           [--rss-contexts 512,2048] [--rss-new-tokens 32] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EVAL_TEXT = HERE.parent / "examples" / "eval" / "docs-heldout.txt"
+PACKAGES = ("edgeslm", "onnxruntime-genai", "onnxruntime", "numpy")
+PROMPT = ("Explain in detail how Python's os.path.join works, with several examples, the edge cases "
+          "on Windows and POSIX, and how it differs from pathlib.Path.joinpath.")
+
+
+def proc_status(key: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_plain(artifact_dir: Path, threads: int):
+    """The anchor: og.Config with exactly the engine's session options."""
+    import onnxruntime_genai as og
+    config = og.Config(str(artifact_dir))
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1}}}}))
+    model = og.Model(config)
+    return model, og.Tokenizer(model)
+
+
+def plain_run(model, tokenizer, ids: list[int], n: int, max_length: int, stop: frozenset) -> dict:
+    import onnxruntime_genai as og
+    start = time.perf_counter()
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=max_length, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    decode, texts, count, first = tokenizer.create_stream().decode, [], 0, start
+    last = start
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        now = time.perf_counter()
+        if count == 0:
+            first = now
+        last = now
+        if token in stop:
+            break
+        count += 1
+        texts.append(decode(token))
+        if count >= n:
+            break
+    del generator
+    total = time.perf_counter() - start
+    return {"tokens": count, "ttft_s": first - start, "total_s": total, "text": "".join(texts),
+            "tok_s": (count - 1) / (last - first) if count > 1 and last > first else 0.0}
+
+
+def shim_run(llm, messages: list[dict], n: int) -> dict:
+    start = time.perf_counter()
+    stream = llm.stream(messages, max_new_tokens=n)
+    for _ in stream:
+        pass
+    wall = time.perf_counter() - start
+    r = stream.result
+    return {"tokens": r.usage.completion_tokens, "ttft_s": r.time_to_first_token_s, "tok_s": r.decode_tokens_per_s,
+            "total_s": r.total_s, "wall_incl_encode_s": wall, "finish": r.finish_reason, "text": r.text}
+
+
+def host_info() -> dict:
+    from edgeslm.runtime.host_probe import probe_host
+    host = probe_host()
+    return {"cpu_model": host.cpu_model, "logical_cores": host.logical_cores, "physical_cores": host.physical_cores,
+            "ram_total_bytes": host.ram_total_bytes, "ram_available_bytes": host.ram_available_bytes,
+            "cpu_features": list(host.cpu_features), "platform": platform.platform(),
+            "python": platform.python_version(), "packages": {p: _ver(p) for p in PACKAGES}}
+
+
+def _ver(pkg: str) -> str | None:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
+def speed(bundle: Path, n: int, repeats: int, prompt: str) -> dict:
+    import edgeslm
+    from edgeslm.runtime.host_probe import probe_host
+    threads = probe_host().physical_cores
+    llm = edgeslm.load(bundle)
+    messages = [{"role": "user", "content": prompt}]
+    ids = llm.prompt_ids(messages)
+    model, tokenizer = open_plain(llm._opened.folder / llm.candidate.artifact.path, threads)
+    max_length = min(len(ids) + n, llm.context_tokens)  # what the engine asks for
+    runs: dict[str, list] = {"plain": [], "shim": []}
+    for i in range(repeats + 1):  # the first pair is the warm-up
+        for kind in ("plain", "shim"):
+            run = (plain_run(model, tokenizer, ids, n, max_length, llm.stop_ids) if kind == "plain"
+                   else shim_run(llm, messages, n))
+            if i:
+                runs[kind].append(run)
+            print(f"  {'warm-up' if not i else f'repeat {i}'} {kind:5s}: {run['tokens']} tokens, "
+                  f"TTFT {run['ttft_s'] * 1e3:8.1f} ms, {run['tok_s']:7.2f} tok/s", flush=True)
+    med = {k: {m: statistics.median(r[m] for r in v) for m in ("tok_s", "ttft_s", "total_s", "tokens")}
+           for k, v in runs.items()}
+    same_text = all(p["text"] == s["text"] for p, s in zip(runs["plain"], runs["shim"]))
+    for v in runs.values():
+        for r in v[1:]:
+            r.pop("text")
+    llm.close()
+    del model, tokenizer
+    return {"prompt_tokens": len(ids), "max_new_tokens": n, "max_length": max_length, "threads": threads,
+            "repeats": repeats, "runs": runs, "median": med, "same_text": same_text,
+            "ratio_shim_over_plain": {"tok_s": med["shim"]["tok_s"] / med["plain"]["tok_s"],
+                                      "ttft_s": med["shim"]["ttft_s"] / med["plain"]["ttft_s"]}}
+
+
+def child_shim(bundle: Path, ctx: int, n: int, ids_out: Path) -> dict:
+    import edgeslm
+    rss0 = proc_status("VmRSS")
+    t = time.perf_counter()
+    llm = edgeslm.load(bundle, context=ctx)
+    load_s, rss_load = time.perf_counter() - t, proc_status("VmRSS")
+    target = ctx - 64
+    text = EVAL_TEXT.read_text(encoding="utf-8")[: ctx * 8]
+    while len(llm.engine.encode(text)) < target + 64:
+        text += "\n" + text
+    body = llm.engine.encode(text)
+    k = target - (len(llm.prompt_ids([{"role": "user", "content": "x"}])) - 1)
+    for _ in range(8):  # decode/re-encode may shift the count a little: adjust k until it fits
+        messages = [{"role": "user", "content": llm.engine.tokenizer.decode(body[:k])}]
+        got = len(llm.prompt_ids(messages))
+        if got == target:
+            break
+        k += target - got
+    ids = llm.prompt_ids(messages)
+    ids_out.write_text(json.dumps(ids))
+    run = shim_run(llm, messages, n)
+    run.pop("text")
+    return {"prompt_tokens": len(ids), "context": llm.context_tokens, "load_s": load_s,
+            "rss_before_load_bytes": rss0, "rss_after_load_bytes": rss_load, **run}
+
+
+def child_plain(artifact_dir: Path, ctx: int, n: int, ids_in: Path, threads: int, stop: list[int]) -> dict:
+    ids = json.loads(ids_in.read_text())
+    rss0 = proc_status("VmRSS")
+    t = time.perf_counter()
+    model, tokenizer = open_plain(artifact_dir, threads)
+    load_s, rss_load = time.perf_counter() - t, proc_status("VmRSS")
+    run = plain_run(model, tokenizer, ids, n, ctx, frozenset(stop))
+    run.pop("text")
+    return {"prompt_tokens": len(ids), "context": ctx, "load_s": load_s,
+            "rss_before_load_bytes": rss0, "rss_after_load_bytes": rss_load, **run}
+
+
+def memory(bundle: Path, contexts: list[int], n: int, out: Path) -> dict:
+    import edgeslm
+    from edgeslm.runtime.host_probe import probe_host
+    with edgeslm.load(bundle) as llm:  # only to read the artifact folder and stop ids; closed before children
+        artifact_dir = str(llm._opened.folder / llm.candidate.artifact.path)
+        stop = sorted(llm.stop_ids)
+    threads = probe_host().physical_cores
+    results = {}
+    for ctx in contexts:
+        ids_file = out.with_suffix(f".ids{ctx}.json")
+        row = {}
+        for kind, extra in (("shim", [str(bundle)]), ("plain", [artifact_dir, str(threads), json.dumps(stop)])):
+            cmd = [sys.executable, __file__, "--child", kind, "--ctx", str(ctx), "--rss-new-tokens", str(n),
+                   "--ids-file", str(ids_file), *extra]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise SystemExit(f"child {kind} ctx={ctx} failed:\n{proc.stderr[-3000:]}")
+            row[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {row[kind]['ru_maxrss_bytes'] / 2**20:8.1f} MiB "
+                  f"(after load {row[kind]['rss_after_load_bytes'] / 2**20:.1f}), prompt {row[kind]['prompt_tokens']}, "
+                  f"TTFT {row[kind]['ttft_s']:.2f} s, {row[kind]['tok_s']:.2f} tok/s", flush=True)
+        ids_file.unlink(missing_ok=True)
+        row["ratio_shim_over_plain"] = {
+            "peak_rss": row["shim"]["ru_maxrss_bytes"] / row["plain"]["ru_maxrss_bytes"],
+            "ttft_s": row["shim"]["ttft_s"] / row["plain"]["ttft_s"]}
+        results[str(ctx)] = row
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompt", default=PROMPT)
+    ap.add_argument("--rss-contexts", default="", help="comma-separated contexts, e.g. 512,2048")
+    ap.add_argument("--rss-new-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_decode.json")
+    ap.add_argument("--child", choices=("shim", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument("--ctx", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--ids-file", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        if args.child == "shim":
+            res = child_shim(args.bundle, args.ctx, args.rss_new_tokens, args.ids_file)
+        else:
+            res = child_plain(args.bundle, args.ctx, args.rss_new_tokens, args.ids_file,
+                              int(args.extra[0]), json.loads(args.extra[1]))
+        res.update(ru_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   vm_hwm_bytes=proc_status("VmHWM"))
+        print(json.dumps(res))
+        return
+    report = {"bundle": str(args.bundle), "host": host_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print(f"speed: {args.bundle}, {args.max_new_tokens} new tokens, {args.repeats} repeats")
+    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt)
+    m, r = sp["median"], sp["ratio_shim_over_plain"]
+    print(f"\n{'':6s} {'tokens':>6s} {'tok/s':>8s} {'TTFT ms':>9s}   (prompt {sp['prompt_tokens']} tokens, "
+          f"{sp['threads']} threads, same text: {sp['same_text']})")
+    for k in ("plain", "shim"):
+        print(f"{k:6s} {m[k]['tokens']:6.0f} {m[k]['tok_s']:8.2f} {m[k]['ttft_s'] * 1e3:9.1f}")
+    print(f"{'ratio':6s} {'':6s} {r['tok_s']:8.3f} {r['ttft_s']:9.3f}   (shim/plain; goal tok/s >= 0.97)")
+    if args.rss_contexts:
+        contexts = [int(c) for c in args.rss_contexts.split(",")]
+        print(f"\nmemory: fresh process per configuration, contexts {contexts}, {args.rss_new_tokens} new tokens")
+        report["memory"] = mem = memory(args.bundle, contexts, args.rss_new_tokens, args.out)
+        print(f"\n{'ctx':>5s} {'plain MiB':>10s} {'shim MiB':>9s} {'ratio':>6s} {'plain TTFT s':>13s} "
+              f"{'shim TTFT s':>12s} {'ratio':>6s}")
+        for ctx, row in mem.items():
+            p, s, q = row["plain"], row["shim"], row["ratio_shim_over_plain"]
+            print(f"{ctx:>5s} {p['ru_maxrss_bytes'] / 2**20:10.1f} {s['ru_maxrss_bytes'] / 2**20:9.1f} "
+                  f"{q['peak_rss']:6.3f} {p['ttft_s']:13.2f} {s['ttft_s']:12.2f} {q['ttft_s']:6.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
