@@ -159,7 +159,7 @@ def test_raspberry_pi_rejections_explain_themselves(fleet_manifest):
 def test_no_match_lists_every_artifact_and_reason(fleet_manifest):
     sel = rank_artifacts(fleet_manifest, host("raspberrypi5", packages={}))
     with pytest.raises(NoArtifactError) as info:
-        sel.chosen
+        _ = sel.chosen
     for art in fleet_manifest.artifacts:
         assert f"{art.id}:" in info.value.message
 
@@ -176,7 +176,7 @@ def test_context_follows_ram(fleet_manifest):
     assert plan.max_prompt_tokens == 1499
     tiny = dataclasses.replace(h, ram_available_bytes=base)
     with pytest.raises(NoArtifactError, match="RAM available"):
-        rank_artifacts(fleet_manifest, tiny).chosen
+        _ = rank_artifacts(fleet_manifest, tiny).chosen
     asked = rank_artifacts(fleet_manifest, h, context=200_000)
     assert "exceeds the artifact's maximum" in _reasons(asked)["onnx-int4-cpu"]
 
