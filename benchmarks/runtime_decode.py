@@ -113,14 +113,15 @@ def _ver(pkg: str) -> str | None:
         return None
 
 
-def speed(bundle: Path, n: int, repeats: int, prompt: str) -> dict:
+def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) -> dict:
     import edgeslm
     from edgeslm.runtime.host_probe import probe_host
     threads = probe_host().physical_cores
     llm = edgeslm.load(bundle)
     messages = [{"role": "user", "content": prompt}]
     ids = llm.prompt_ids(messages)
-    model, tokenizer = open_plain(llm._opened.folder / llm.candidate.artifact.path, threads)
+    model, tokenizer = ((llm.engine.model, llm.engine.tokenizer) if share  # diagnostic: loop overhead only
+                        else open_plain(llm._opened.folder / llm.candidate.artifact.path, threads))
     max_length = min(len(ids) + n, llm.context_tokens)  # what the engine asks for
     runs: dict[str, list] = {"plain": [], "shim": []}
     for i in range(repeats + 1):  # the first pair is the warm-up
@@ -140,6 +141,7 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str) -> dict:
     llm.close()
     del model, tokenizer
     return {"prompt_tokens": len(ids), "max_new_tokens": n, "max_length": max_length, "threads": threads,
+            "plain_shares_shim_model": share,
             "repeats": repeats, "runs": runs, "median": med, "same_text": same_text,
             "ratio_shim_over_plain": {"tok_s": med["shim"]["tok_s"] / med["plain"]["tok_s"],
                                       "ttft_s": med["shim"]["ttft_s"] / med["plain"]["ttft_s"]}}
@@ -221,6 +223,8 @@ def main() -> None:
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--rss-contexts", default="", help="comma-separated contexts, e.g. 512,2048")
     ap.add_argument("--rss-new-tokens", type=int, default=32)
+    ap.add_argument("--share-model", action="store_true",
+                    help="diagnostic: the plain loop runs on the shim's own og.Model (isolates Python overhead)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_decode.json")
     ap.add_argument("--child", choices=("shim", "plain"), help=argparse.SUPPRESS)
     ap.add_argument("--ctx", type=int, help=argparse.SUPPRESS)
@@ -238,7 +242,8 @@ def main() -> None:
         return
     report = {"bundle": str(args.bundle), "host": host_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(f"speed: {args.bundle}, {args.max_new_tokens} new tokens, {args.repeats} repeats")
-    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt)
+    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt,
+                                   args.share_model)
     m, r = sp["median"], sp["ratio_shim_over_plain"]
     print(f"\n{'':6s} {'tokens':>6s} {'tok/s':>8s} {'TTFT ms':>9s}   (prompt {sp['prompt_tokens']} tokens, "
           f"{sp['threads']} threads, same text: {sp['same_text']})")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -70,3 +72,26 @@ def bundle_copy(built_bundle, tmp_path) -> Path:
     dest = tmp_path / "copy.bundle"
     shutil.copytree(built_bundle, dest)
     return dest
+
+
+def token_windows(count: int, length: int) -> list[list[int]]:
+    """Consecutive windows of the held-out docs text, tokenized with the source tokenizer."""
+    from tokenizers import Tokenizer
+
+    text = (EVAL / "docs-heldout.txt").read_text()
+    ids = Tokenizer.from_file(str(DOCS_MODEL / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    return [ids[i * length:(i + 1) * length] for i in range(count)]
+
+
+@functools.lru_cache(maxsize=None)
+def source_perplexity(count: int, length: int) -> float:
+    """Perplexity of the source checkpoint (fp32, transformers) on the held-out windows."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    windows = token_windows(count, length)
+    model = AutoModelForCausalLM.from_pretrained(str(DOCS_MODEL), dtype=torch.float32).eval()
+    with torch.inference_mode():
+        nll = sum(float(torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([w])).logits[0, :-1],
+                                                          torch.tensor(w[1:]), reduction="sum")) for w in windows)
+    return math.exp(nll / sum(len(w) - 1 for w in windows))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import DOCS_MODEL, EVAL, run_cli
+from conftest import DOCS_MODEL, run_cli, source_perplexity, token_windows
 from edgeslm.bundle.manifest import read_manifest
 
 
@@ -57,25 +57,10 @@ def test_manifest_artifact_entry(built_bundle: Path):
     assert abs(art.quality.relative_change) < 0.03
 
 
-def _windows(count: int, length: int) -> list[list[int]]:
-    from tokenizers import Tokenizer
-
-    text = (EVAL / "docs-heldout.txt").read_text()
-    ids = Tokenizer.from_file(str(DOCS_MODEL / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-    return [ids[i * length:(i + 1) * length] for i in range(count)]
-
-
 def test_onnx_perplexity_within_3_percent_of_source(built_bundle: Path):
     import onnxruntime_genai as og
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    windows = _windows(16, 512)
-    source = AutoModelForCausalLM.from_pretrained(str(DOCS_MODEL), dtype=torch.float32).eval()
-    with torch.inference_mode():
-        src_nll = sum(float(torch.nn.functional.cross_entropy(source(input_ids=torch.tensor([w])).logits[0, :-1],
-                                                               torch.tensor(w[1:]), reduction="sum"))
-                      for w in windows)
+    windows = token_windows(16, 512)
     model = og.Model(str(built_bundle / "artifacts" / "onnx-int4-cpu"))
     art_nll = 0.0
     for w in windows:
@@ -86,8 +71,8 @@ def test_onnx_perplexity_within_3_percent_of_source(built_bundle: Path):
         logits = np.asarray(gen.get_output("logits"), dtype=np.float64)[0, :-1]
         logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
         art_nll += float((logz - logits[np.arange(len(w) - 1), w[1:]]).sum())
-    n = sum(len(w) - 1 for w in windows)
-    src_ppl, art_ppl = math.exp(src_nll / n), math.exp(art_nll / n)
+    src_ppl = source_perplexity(16, 512)
+    art_ppl = math.exp(art_nll / sum(len(w) - 1 for w in windows))
     assert 10 < src_ppl < 40  # the trained model, not noise
     assert abs(art_ppl - src_ppl) / src_ppl <= 0.03, (src_ppl, art_ppl)
 

@@ -25,6 +25,7 @@ class ExportJob:
     out_dir: Path  # empty folder the artifact is written into
     work_dir: Path  # scratch space, deleted after the build
     default_total_tokens: int  # planned context of the targets that use this artifact
+    calibration_text: Path | None = None  # for data-aware quantization (--calibration-text)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class ExportResult:
 class Exporter(Protocol):
     def check_available(self) -> None:
         """Raise BackendMissingError naming the extra to install if a package is missing."""
+
+    def check_settings(self, settings: Any, calibration_text: Path | None) -> None:
+        """Raise UsageError for option combinations that cannot work, before any export starts."""
 
     def estimate_output_bytes(self, source: SourceModel, settings: Any) -> int:
         """Upper estimate of the artifact's size on disk, for the free-space check."""

@@ -28,7 +28,8 @@ from ..bundle.pack import pack_bundle
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
-from ..errors import BuildError, DiskSpaceError, FormatNotImplementedError, ModelSourceError, OutputExistsError
+from ..errors import (BuildError, DiskSpaceError, FormatNotImplementedError, ModelSourceError, OutputExistsError,
+                      UsageError)
 from ..formats import FORMATS, FormatSpec
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
@@ -50,6 +51,7 @@ class BuildRequest:
     recipe: str | None = None
     overrides: tuple[str, ...] = ()
     quality: QualityRequest | None = None
+    calibration_text: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
         source = scan_weights(model_path, hub_id, config, hash_progress=advance)
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
     settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
+    if request.calibration_text is not None and not Path(request.calibration_text).is_file():
+        raise UsageError(f"calibration text {request.calibration_text} does not exist")
+    for spec in formats:
+        exporters[spec.name].check_settings(settings[spec.name], request.calibration_text)
     needed = sum(exporters[s.name].estimate_output_bytes(source, settings[s.name]) for s in formats)
     _check_free_space(out.parent, int(needed * 1.1))
 
@@ -145,7 +151,7 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
         art_dir = staging / "artifacts" / spec.name
         art_dir.mkdir(parents=True)
         default_total = max(t.planning.default_context_length for t in targets if spec.name in t.formats)
-        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total)
+        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, request.calibration_text)
         result = exporters[spec.name].export(job, progress)
         packages.update(result.packages)
         quality = None

@@ -25,16 +25,19 @@ from .output import echo_json, human_bytes
               help="Measure perplexity of every artifact against the source on this text; recorded in the manifest.")
 @click.option("--eval-windows", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("--eval-window-tokens", type=click.IntRange(16, 8192), default=512, show_default=True)
+@click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Text for data-aware quantization (AWQ, scale estimation, GPTQ) where the recipe asks for it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          as_json) -> None:
+          calibration_text, as_json) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
     from ..build.pipeline import BuildRequest, build_bundle
     from ..build.quality import QualityRequest
     from .rich_progress import RichProgress
 
     quality = QualityRequest(eval_text, eval_windows, eval_window_tokens) if eval_text else None
-    request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality)
+    request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
+                           calibration_text)
     with RichProgress(quiet=as_json) as progress:
         result = build_bundle(request, progress)
     if as_json:

@@ -62,11 +62,13 @@ def accelerators_from(files: "HostFiles", host: "HostProfile", findings: Finding
     ov = findings.openvino_devices
     npu_driver = any("DRIVER=intel_vpu" in files.read(f"/sys/class/accel/{d}/device/uevent")
                      for d in files.listdir("/sys/class/accel"))
-    if (ov is not None and "NPU" in ov) or npu_driver:
+    # When OpenVINO is installed its device list decides (a driver without its user-space part is no use).
+    if (ov is not None and "NPU" in ov) or (ov is None and npu_driver):
         found.append(Accelerator("npu", "intel", "Intel NPU", "openvino"))
     intel_gpu = any(files.read(f"/sys/class/drm/{c}/device/vendor").strip() == "0x8086"
                     for c in files.listdir("/sys/class/drm") if c.startswith("card") and "-" not in c)
-    if (ov is not None and any(d.startswith("GPU") for d in ov)) or (intel_gpu and host.cpu_arch == "x86_64"):
+    if (ov is not None and any(d.startswith("GPU") for d in ov)) or (ov is None and intel_gpu
+                                                                      and host.cpu_arch == "x86_64"):
         found.append(Accelerator("gpu", "intel", "Intel GPU", "openvino"))
     # Qualcomm Hexagon NPU: Snapdragon device tree or FastRPC device, usable through the QNN EP.
     snapdragon = "qcom," in compatible or files.exists("/dev/fastrpc-cdsp") or "Qualcomm" in host.cpu_model \

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bundle.manifest import Artifact
+from ..bundle.manifest import Artifact, ContextEnvelope
 from ..errors import UsageError
 
 MIN_CONTEXT = 512
@@ -24,9 +24,18 @@ class ContextPlan:
     limited_by: str  # "artifact default", "request", "artifact maximum", "RAM"
 
 
-def plan_context(artifact: Artifact, available_bytes: int, requested: int | None = None) -> ContextPlan | str:
-    """A plan, or a reason string when the artifact cannot run in this much memory."""
+def plan_context(artifact: Artifact, available_bytes: int, requested: int | None = None,
+                 device: str = "cpu") -> ContextPlan | str:
+    """A plan, or a reason string when the artifact cannot run in this much memory.
+
+    An artifact compiled for static shapes on a device (``details.device_context.<device>``, e.g. the
+    OpenVINO NPU pipeline's MAX_PROMPT_LEN + MIN_RESPONSE_LEN) uses exactly those limits there.
+    """
     mem, ctx = artifact.memory, artifact.context
+    fixed = dict(artifact.details.get("device_context", {})).get(device)
+    if fixed:
+        ctx = ContextEnvelope(int(fixed["max_total_tokens"]), int(fixed["max_prompt_tokens"]),
+                              int(fixed["max_total_tokens"]))
     base = mem.weight_bytes + mem.runtime_overhead_bytes
     usable = available_bytes - SAFETY_BYTES
     if base + mem.kv_cache_bytes_per_token * MIN_CONTEXT > usable:
@@ -49,6 +58,8 @@ def plan_context(artifact: Artifact, available_bytes: int, requested: int | None
         if total > by_ram:
             total, limited = int(by_ram), "RAM"
     prompt = min(ctx.max_prompt_tokens, total - 1)
+    if fixed and limited == "artifact default":
+        limited = f"{device.upper()} static shapes"
     return ContextPlan(total, prompt, base + mem.kv_cache_bytes_per_token * total, limited)
 
 

@@ -120,7 +120,7 @@ def _evaluate(art: Artifact, host: HostProfile, explicit: bool, context: int | N
         return f"runtime package {art.runtime.package} is not installed (pip install 'edgeslm[{spec.device_extra}]')"
     if not at_least(version, art.runtime.min_version):
         return f"{art.runtime.package} {version} is older than the {art.runtime.min_version} this artifact needs"
-    plan = plan_context(art, host.ram_available_bytes, context)
+    plan = plan_context(art, host.ram_available_bytes, context, device=dev)
     if isinstance(plan, str):
         return plan
     return dev, acc, plan, version

@@ -39,6 +39,9 @@ class OnnxGenaiExporter:
             raise BackendMissingError(f"the ONNX exporter needs {', '.join(missing)}, which is not installed",
                                       hint="pip install 'edgeslm[build-onnx]'")
 
+    def check_settings(self, settings: OnnxSettings, calibration_text: Path | None) -> None:
+        return None  # every combination of the typed settings is valid for the builder
+
     def estimate_output_bytes(self, source: SourceModel, settings: OnnxSettings) -> int:
         cfg = source.config
         embed = int(cfg.get("vocab_size", 0)) * int(cfg.get("hidden_size", 0))

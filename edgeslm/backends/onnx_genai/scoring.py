@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..log_likelihood import nll_from_logits
+
 
 def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
     """Sum of the negative log-likelihoods of tokens 1..n-1 of each window (nats)."""
@@ -22,10 +24,3 @@ def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
         del generator
         totals.append(float(nll_from_logits(logits, window[1:])))
     return totals
-
-
-def nll_from_logits(logits: np.ndarray, targets: list[int]) -> float:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=-1))
-    picked = shifted[np.arange(len(targets)), targets]
-    return float((log_z - picked).sum())

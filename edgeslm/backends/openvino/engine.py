@@ -1,0 +1,129 @@
+"""Device side of the OpenVINO format: openvino-genai's LLMPipeline on NPU, GPU or CPU.
+
+The runtime renders the chat template and hands the pipeline token ids (never a string, so nothing
+is templated twice). Tokens come back through a ``StreamerBase`` subclass on the pipeline's thread
+and are passed to the caller through a queue; closing the generator tells the streamer to stop.
+On the NPU the pipeline is compiled for static shapes from the manifest (``MAX_PROMPT_LEN``,
+``MIN_RESPONSE_LEN``); the runtime refuses longer prompts before they reach it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from ...errors import BackendMissingError, BundleError
+from ...runtime.generation import GenerationOptions
+
+if TYPE_CHECKING:
+    from ...bundle.manifest import Manifest
+    from ...runtime.host_probe import HostProfile
+    from ...runtime.selection import Candidate
+
+DEVICE_NAMES = {"npu": "NPU", "gpu": "GPU", "cpu": "CPU"}
+_DONE = object()
+
+
+def pipeline_properties(device: str, details: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The properties passed to LLMPipeline for a device, from the manifest's artifact details."""
+    if device == "npu":
+        return {key: int(value) for key, value in details.get("npu_properties", {}).items()}
+    if device == "cpu":
+        return {"INFERENCE_NUM_THREADS": max(1, threads)}
+    return {}
+
+
+class OpenVinoEngine:
+    def __init__(self, artifact_dir: Path, device: str, properties: dict[str, Any]):
+        try:
+            import openvino as ov
+            import openvino_genai as ov_genai
+        except ImportError:
+            raise BackendMissingError("openvino-genai is not installed", hint="pip install 'edgeslm[openvino]'") from None
+        self._ov, self._genai = ov, ov_genai
+        self.device_name = DEVICE_NAMES[device]
+        self.properties = properties
+        try:
+            self.pipeline = ov_genai.LLMPipeline(str(artifact_dir), self.device_name, **properties)
+        except Exception as exc:  # driver or plugin errors arrive as RuntimeError
+            raise BundleError(f"openvino-genai cannot load {artifact_dir} on {self.device_name}: {exc}") from None
+        self.tokenizer = self.pipeline.get_tokenizer()
+
+    def encode(self, text: str) -> list[int]:
+        encoded = self.tokenizer.encode(text, add_special_tokens=False)
+        return [int(t) for t in encoded.input_ids.data[0]]
+
+    def text_decoder(self) -> Callable[[int], str]:
+        ids: list[int] = []
+        emitted = [0]
+
+        def decode(token: int) -> str:
+            ids.append(token)
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return ""  # an incomplete UTF-8 sequence: wait for the next token
+            piece, emitted[0] = text[emitted[0]:], len(text)
+            return piece
+
+        return decode
+
+    def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int) -> Iterator[int]:
+        genai, ov = self._genai, self._ov
+        config = genai.GenerationConfig()
+        config.max_new_tokens = max(1, max_total_tokens - len(prompt_ids))
+        config.apply_chat_template = False
+        config.do_sample = not options.greedy
+        if not options.greedy:
+            config.temperature = options.temperature
+            config.top_p = options.top_p
+            config.top_k = options.top_k or 0
+            if options.seed is not None:
+                config.rng_seed = options.seed
+        tokens: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        class Streamer(genai.StreamerBase):
+            def write(self, token: Any) -> Any:
+                for t in (token if isinstance(token, list) else [token]):
+                    tokens.put(int(t))
+                return genai.StreamingStatus.STOP if stop.is_set() else genai.StreamingStatus.RUNNING
+
+            def end(self) -> None:
+                return None
+
+        inputs = ov.Tensor(np.array([prompt_ids], dtype=np.int64))
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.pipeline.generate(inputs, config, Streamer())
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+            finally:
+                tokens.put(_DONE)
+
+        worker = threading.Thread(target=run, name="openvino-generate", daemon=True)
+        worker.start()
+        try:
+            while (item := tokens.get()) is not _DONE:
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+        if errors:
+            raise BundleError(f"openvino-genai generation failed on {self.device_name}: {errors[0]}")
+
+    def close(self) -> None:
+        self.pipeline = None
+        self.tokenizer = None
+
+
+def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+                threads: int | None = None) -> OpenVinoEngine:
+    properties = pipeline_properties(candidate.device, dict(candidate.artifact.details),
+                                     threads or host.physical_cores)
+    return OpenVinoEngine(artifact_dir, candidate.device, properties)

@@ -1,0 +1,147 @@
+"""Build side of the OpenVINO format: optimum-intel export + NNCF weight compression, as a library.
+
+Produces a stateful ``openvino_model.xml/.bin`` (text-generation-with-past) and the OpenVINO
+tokenizer and detokenizer IRs (openvino-tokenizers), so the device needs neither transformers nor
+torch. The weight compression actually present in the IR is counted and recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from ...build.captured_output import captured_output
+from ...build.exporter import ExportJob, ExportResult
+from ...build.source import SourceModel
+from ...errors import BackendMissingError, BuildError, UsageError
+from ...package_versions import version_of
+from ...progress import Progress
+from .ir_inspection import weight_compression_stats
+from .settings import OpenVinoSettings
+
+KV_BYTES = 2  # f16 KV cache (GPU/NPU; CPU may use u8 or f16): planning figure per element
+
+
+class OpenVinoExporter:
+    modules = ("optimum.intel", "nncf", "openvino", "openvino_tokenizers", "transformers", "torch")
+
+    def check_available(self) -> None:
+        missing = []
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                missing.append(module)
+        if missing:
+            raise BackendMissingError(f"the OpenVINO exporter needs {', '.join(missing)}, which is not installed",
+                                      hint="pip install 'edgeslm[build-openvino]'")
+
+    def check_settings(self, settings: OpenVinoSettings, calibration_text: Path | None) -> None:
+        problems = settings.problems(calibration_text is not None or bool(settings.calibration_text))
+        if problems:
+            raise UsageError(f"openvino-int4 settings cannot work: {'; '.join(problems)}")
+
+    def estimate_output_bytes(self, source: SourceModel, settings: OpenVinoSettings) -> int:
+        per_weight = 0.6 if settings.bits == 4 else 1.1
+        return int(source.parameter_count * per_weight + 64 * 2**20)
+
+    def export(self, job: ExportJob, progress: Progress) -> ExportResult:
+        settings: OpenVinoSettings = job.settings
+        self.check_available()
+        calibration = _calibration_texts(job, settings)
+        self.check_settings(settings, job.calibration_text)
+        log_path = job.work_dir / f"{job.fmt.name}-export.log"
+        src = str(job.source.path)
+        with progress.task(f"{job.fmt.name}: export to OpenVINO IR and compress weights (NNCF)"):
+            try:
+                with captured_output(log_path):
+                    from optimum.intel import OVModelForCausalLM, OVWeightQuantizationConfig
+
+                    qconfig = OVWeightQuantizationConfig(
+                        bits=settings.bits, sym=settings.symmetric, group_size=settings.group_size,
+                        ratio=settings.ratio, quant_method="awq" if settings.awq else "default",
+                        scale_estimation=settings.scale_estimation or None, gptq=settings.gptq or None,
+                        dataset=calibration, tokenizer=src if calibration else None,
+                        num_samples=settings.calibration_samples if calibration else None,
+                        backup_precision=None if settings.backup_precision == "none" else settings.backup_precision,
+                    )
+                    model = OVModelForCausalLM.from_pretrained(src, export=True, stateful=True, compile=False,
+                                                               quantization_config=qconfig, local_files_only=True)
+                    model.save_pretrained(job.out_dir)
+                    del model
+            except (UsageError, BackendMissingError):
+                raise
+            except Exception as exc:
+                raise BuildError(f"{job.fmt.name}: the optimum-intel export failed: {type(exc).__name__}: {exc}",
+                                 hint=f"see the export log {log_path}") from exc
+        with progress.task(f"{job.fmt.name}: OpenVINO tokenizer and detokenizer"):
+            _convert_tokenizer(job.source.path, job.out_dir, log_path)
+        stats = weight_compression_stats(job.out_dir / "openvino_model.xml")
+        cfg = job.source.config
+        layers, heads = int(cfg["num_hidden_layers"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+        max_total = int(cfg.get("max_position_embeddings", job.default_total_tokens))
+        npu_total = settings.npu_max_prompt_len + settings.npu_min_response_len
+        return ExportResult(
+            quantization={"method": "NNCF weight compression", **asdict(settings),
+                          "calibration_text": str(job.calibration_text or settings.calibration_text or ""),
+                          "ir_weights": stats},
+            max_total_tokens=max_total,
+            max_prompt_tokens=max_total - 1,
+            kv_cache_bytes_per_token=2 * layers * heads * head_dim * KV_BYTES,
+            kv_cache_dtype="float16",
+            weight_bytes=(job.out_dir / "openvino_model.bin").stat().st_size,
+            runtime_overhead_bytes=400 * 2**20,
+            details={
+                "devices": list(settings.devices),
+                "device_context": {"npu": {"max_prompt_tokens": settings.npu_max_prompt_len,
+                                           "max_total_tokens": npu_total,
+                                           "min_response_tokens": settings.npu_min_response_len}},
+                "npu_properties": {"MAX_PROMPT_LEN": settings.npu_max_prompt_len,
+                                   "MIN_RESPONSE_LEN": settings.npu_min_response_len},
+                "npu_suitable": not settings.problems(True) if "NPU" in settings.devices else False,
+                "openvino_version": version_of("openvino") or "",
+                "model_xml": "openvino_model.xml",
+            },
+            packages={name: version_of(name) or "not installed" for name in (
+                "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf",
+                "transformers", "torch")},
+        )
+
+
+def _calibration_texts(job: ExportJob, settings: OpenVinoSettings) -> list[str] | None:
+    if not settings.data_aware:
+        return None
+    path = job.calibration_text or (Path(settings.calibration_text) if settings.calibration_text else None)
+    if path is None:
+        return None  # check_settings reports it
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read the calibration text {path}: {exc}") from None
+    chunks = [c.strip() for c in text.split("\n\n") if len(c.strip()) > 200]
+    if len(chunks) < settings.calibration_samples // 4 or not chunks:
+        raise UsageError(f"the calibration text {path} has only {len(chunks)} usable paragraphs",
+                         hint="give a longer text or lower calibration_samples")
+    return chunks[: settings.calibration_samples]
+
+
+def _convert_tokenizer(source: Path, out_dir: Path, log_path: Path) -> None:
+    with captured_output(log_path):
+        import openvino as ov
+        from openvino_tokenizers import convert_tokenizer
+        from transformers import AutoTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer, detokenizer = convert_tokenizer(hf_tokenizer, with_detokenizer=True)
+        ov.save_model(tokenizer, str(out_dir / "openvino_tokenizer.xml"))
+        ov.save_model(detokenizer, str(out_dir / "openvino_detokenizer.xml"))
+        hf_tokenizer.save_pretrained(str(out_dir))
+    for name in ("generation_config.json",):
+        if (source / name).is_file() and not (out_dir / name).exists():
+            shutil.copy2(source / name, out_dir / name)
+
+
+EXPORTER = OpenVinoExporter()

@@ -1,0 +1,31 @@
+"""Score token windows with the OpenVINO IR (stateful decoder) on the CPU, for measured quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..log_likelihood import nll_from_logits
+
+
+def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(artifact_dir / "openvino_model.xml"), "CPU")
+    names = {port.get_any_name() for port in compiled.inputs}
+    totals = []
+    for window in windows:
+        request = compiled.create_infer_request()
+        request.reset_state()
+        n = len(window)
+        feeds = {"input_ids": np.array([window], dtype=np.int64),
+                 "attention_mask": np.ones((1, n), dtype=np.int64)}
+        if "position_ids" in names:
+            feeds["position_ids"] = np.arange(n, dtype=np.int64)[None, :]
+        if "beam_idx" in names:
+            feeds["beam_idx"] = np.zeros((1,), dtype=np.int32)
+        request.infer(feeds)
+        logits = np.asarray(request.get_tensor("logits").data, dtype=np.float64)[0, :-1]
+        totals.append(nll_from_logits(logits, window[1:]))
+    return totals

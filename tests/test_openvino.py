@@ -1,0 +1,183 @@
+"""OpenVINO target on the fixture model (CPU device here): export, quality, tokenizer, NPU path, bad input.
+
+No Intel NPU exists on this machine. The NPU tests use the recorded Intel Core Ultra host tree with
+OpenVINO's device list injected, and a stand-in for ``openvino_genai.LLMPipeline`` that records the
+device and properties it was given and then runs the real pipeline on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import edgeslm
+from conftest import DOCS_MODEL, EVAL, assert_clean_error, run_cli, source_perplexity, token_windows
+from edgeslm.bundle.manifest import read_manifest
+from edgeslm.runtime.accelerator_probe import Findings
+from edgeslm.runtime.generation import ContextLengthError
+from edgeslm.runtime.host_probe import probe_host
+
+HOSTS = Path(__file__).parent / "hosts"
+PROMPTS = [json.loads(line)["messages"] for line in (EVAL / "chat-prompts.jsonl").read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def ov_bundle(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ov") / "intel.bundle"
+    result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL), "--out", str(out),
+                     "--eval-text", str(EVAL / "docs-heldout.txt"), "--eval-windows", "4", "--json")
+    assert result.returncode == 0, result
+    return out
+
+
+def test_bundle_has_openvino_and_onnx_fallback(ov_bundle):
+    m = read_manifest(ov_bundle)
+    assert [a.id for a in m.artifacts] == ["openvino-int4", "onnx-int4-cpu"]
+    assert m.targets["intel-core-ultra"].artifacts == ("openvino-int4", "onnx-int4-cpu")
+    art = m.artifact("openvino-int4")
+    files = {Path(f.path).name for f in art.files}
+    assert {"openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml"} <= files
+    assert art.runtime.package == "openvino-genai" and art.details["devices"] == ["NPU", "GPU", "CPU"]
+    assert art.details["npu_properties"] == {"MAX_PROMPT_LEN": 1024, "MIN_RESPONSE_LEN": 128}
+    assert art.details["npu_suitable"] is True and art.details["openvino_version"].startswith("2026")
+    assert abs(art.quality.relative_change) < 0.03
+
+
+def test_ir_weight_compression_is_what_the_recipe_asked(ov_bundle):
+    import openvino as ov
+
+    art = read_manifest(ov_bundle).artifact("openvino-int4")
+    stats = art.quantization["ir_weights"]
+    assert art.quantization["mode"] == "int4_sym" and art.quantization["group_size"] == 128
+    # Independent count from the IR on disk: symmetric int4 = signed i4 constants, groups of 128.
+    model = ov.Core().read_model(str(ov_bundle / art.path / "openvino_model.xml"))
+    i4 = [op for op in model.get_ops() if op.get_type_name() == "Constant"
+          and op.get_output_element_type(0).get_type_name() == "i4"]
+    assert len(i4) == stats["constants"]["i4"] == 6 * 4  # qkv, o, gate_up, down per layer
+    assert {tuple(op.get_output_partial_shape(0).to_shape())[-1] for op in i4} == {128}
+    assert "u4" not in stats["constants"]  # nothing asymmetric
+    assert stats["constants"].get("i8", 0) >= 1  # embeddings / lm_head in the int8_sym backup precision
+
+
+def test_openvino_perplexity_within_3_percent(ov_bundle):
+    from edgeslm.backends.openvino.scoring import window_nll
+
+    windows = token_windows(16, 512)
+    nll = window_nll(ov_bundle / "artifacts" / "openvino-int4", windows)
+    ppl = math.exp(sum(nll) / sum(len(w) - 1 for w in windows))
+    src = source_perplexity(16, 512)
+    assert abs(ppl - src) / src <= 0.03, (src, ppl)
+
+
+def test_openvino_tokenizer_matches_transformers(ov_bundle):
+    import openvino_genai as ov_genai
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(str(DOCS_MODEL))
+    tokenizer = ov_genai.Tokenizer(str(ov_bundle / "artifacts" / "openvino-int4"))
+    text = (EVAL / "docs-heldout.txt").read_text()
+    for chunk in [text[i:i + 4000] for i in range(0, 120_000, 4000)]:
+        ids = list(tokenizer.encode(chunk, add_special_tokens=False).input_ids.data[0])
+        assert ids == reference.encode(chunk, add_special_tokens=False)
+    for messages in PROMPTS:
+        rendered = reference.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = list(tokenizer.encode(rendered, add_special_tokens=False).input_ids.data[0])
+        assert ids == reference.encode(rendered, add_special_tokens=False)
+        assert 32010 in ids and 32007 in ids and 32001 in ids  # <|user|>, <|end|>, <|assistant|>
+
+
+def test_runtime_runs_openvino_on_cpu_and_stops(ov_bundle):
+    with edgeslm.load(ov_bundle) as llm:
+        assert llm.candidate.artifact.id == "openvino-int4" and llm.candidate.device == "cpu"
+        stopped = 0
+        for messages in PROMPTS:
+            stream = llm.stream(messages, max_new_tokens=128)
+            pieces = list(stream)
+            assert "".join(pieces) == stream.result.text and stream.result.text.strip()
+            assert "<|end|>" not in stream.result.text
+            stopped += stream.result.finish_reason == "stop"
+        assert stopped >= len(PROMPTS) // 2 + 1
+        a = llm.chat(PROMPTS[1], max_new_tokens=16, temperature=1.0, seed=5)
+        b = llm.chat(PROMPTS[1], max_new_tokens=16, temperature=1.0, seed=5)
+        assert a.text == b.text
+
+
+def test_same_greedy_answer_as_onnx_mostly(ov_bundle):
+    with edgeslm.load(ov_bundle, artifact="openvino-int4") as ov_llm, \
+            edgeslm.load(ov_bundle, artifact="onnx-int4-cpu") as onnx_llm:
+        assert ov_llm.prompt_ids(PROMPTS[0]) == onnx_llm.prompt_ids(PROMPTS[0])
+
+
+def _intel_host(devices=("CPU", "GPU", "NPU"), packages=None):
+    packages = packages if packages is not None else {"openvino-genai": "2026.4.1", "onnxruntime-genai": "0.18.0"}
+    return probe_host(HOSTS / "intel-core-ultra", findings=Findings(packages=packages, openvino_devices=devices))
+
+
+@pytest.fixture()
+def npu_stand_in(monkeypatch):
+    """Stands in for LLMPipeline on the NPU (none here): records the call, runs the real pipeline on CPU."""
+    import openvino_genai
+
+    real = openvino_genai.LLMPipeline
+    calls: list = []
+
+    def pipeline(path, device, **properties):
+        calls.append((path, device, properties))
+        return real(path, "CPU")
+
+    monkeypatch.setattr(openvino_genai, "LLMPipeline", pipeline)
+    return calls
+
+
+def test_npu_selection_properties_and_envelope(ov_bundle, npu_stand_in):
+    with edgeslm.load(ov_bundle, host=_intel_host()) as llm:
+        assert (llm.candidate.artifact.id, llm.candidate.device) == ("openvino-int4", "npu")
+        assert llm.context_tokens == 1024 + 128 and llm.max_prompt_tokens == 1024
+        assert "NPU static shapes" in llm.candidate.summary
+        (path, device, props), = npu_stand_in
+        assert device == "NPU" and props == {"MAX_PROMPT_LEN": 1024, "MIN_RESPONSE_LEN": 128}
+        assert llm.chat(PROMPTS[0], max_new_tokens=8).usage.completion_tokens > 0
+        with pytest.raises(ContextLengthError, match="allows 1,024"):
+            llm.chat([{"role": "user", "content": "word " * 1100}])
+
+
+def test_intel_selection_gpu_cpu_and_fallback(ov_bundle):
+    from edgeslm.runtime.selection import rank_artifacts
+
+    m = read_manifest(ov_bundle)
+    gpu = rank_artifacts(m, _intel_host(devices=("CPU", "GPU"))).chosen
+    assert (gpu.artifact.id, gpu.device) == ("openvino-int4", "gpu")
+    no_ov = rank_artifacts(m, _intel_host(devices=None, packages={"onnxruntime-genai": "0.18.0"}))
+    assert no_ov.chosen.artifact.id == "onnx-int4-cpu"
+    assert "openvino-genai is not installed" in {r.artifact_id: r.reason for r in no_ov.rejected}["openvino-int4"]
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("openvino-int4.awq=true", "need a calibration text"),
+    ("openvino-int4.mode=int4_asym", "NPU needs symmetric int4"),
+    ("openvino-int4.group_size=64", "group_size 128 or -1"),
+    ("openvino-int4.ratio=0.8", "ratio = 1.0"),
+])
+def test_unsupported_option_combinations(tmp_path, setting, words):
+    result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
+                     "--out", str(tmp_path / "o"), "--set", setting)
+    assert_clean_error(result, words)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_optimum_names_the_extra(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('optimum', 'nncf'):\n"
+        "            raise ImportError(f'No module named {name!r} (blocked by the test)')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
+                     "--out", str(tmp_path / "o"), env={"PYTHONPATH": str(blocker)})
+    assert_clean_error(result, "optimum.intel", "edgeslm[build-openvino]")
