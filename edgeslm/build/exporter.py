@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..errors import BackendMissingError
 from ..formats import FormatSpec
 from ..progress import Progress
 from .source import SourceModel
@@ -60,6 +61,19 @@ class Scorer(Protocol):
 
     def window_nll(self, artifact_dir: Path, windows: list[list[int]]) -> list[float]:
         """Sum of negative log-likelihoods of tokens 1..n-1 of each window, in nats."""
+
+
+def require_modules(modules: tuple[str, ...], what: str, extra: str) -> None:
+    """Raise BackendMissingError naming the pip extra when any of ``modules`` cannot be imported."""
+    missing = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise BackendMissingError(f"{what} needs {', '.join(missing)}, which is not installed",
+                                  hint=f"pip install 'edgeslm[{extra}]'")
 
 
 def get_exporter(spec: FormatSpec) -> Exporter:

@@ -7,16 +7,15 @@ context instead of the model's 131072 (which, with the shared KV buffer, would a
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult
+from ...build.exporter import ExportJob, ExportResult, require_modules
 from ...build.source import SourceModel
-from ...errors import BackendMissingError, BuildError, DiskSpaceError
+from ...errors import BuildError, DiskSpaceError
 from ...package_versions import version_of
 from ...progress import Progress
 from .settings import OnnxSettings
@@ -29,15 +28,7 @@ class OnnxGenaiExporter:
     packages = ("onnxruntime_genai", "onnx", "onnx_ir", "torch", "transformers")
 
     def check_available(self) -> None:
-        missing = []
-        for module in self.packages:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                missing.append(module)
-        if missing:
-            raise BackendMissingError(f"the ONNX exporter needs {', '.join(missing)}, which is not installed",
-                                      hint="pip install 'edgeslm[build-onnx]'")
+        require_modules(self.packages, "the ONNX exporter", "build-onnx")
 
     def check_settings(self, settings: OnnxSettings, calibration_text: Path | None) -> None:
         return None  # every combination of the typed settings is valid for the builder

@@ -7,13 +7,12 @@ torch. The weight compression actually present in the IR is counted and recorded
 
 from __future__ import annotations
 
-import importlib
 import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult
+from ...build.exporter import ExportJob, ExportResult, require_modules
 from ...build.source import SourceModel
 from ...errors import BackendMissingError, BuildError, UsageError
 from ...package_versions import version_of
@@ -28,15 +27,7 @@ class OpenVinoExporter:
     modules = ("optimum.intel", "nncf", "openvino", "openvino_tokenizers", "transformers", "torch")
 
     def check_available(self) -> None:
-        missing = []
-        for module in self.modules:
-            try:
-                importlib.import_module(module)
-            except ImportError:
-                missing.append(module)
-        if missing:
-            raise BackendMissingError(f"the OpenVINO exporter needs {', '.join(missing)}, which is not installed",
-                                      hint="pip install 'edgeslm[build-openvino]'")
+        require_modules(self.modules, "the OpenVINO exporter", "build-openvino")
 
     def check_settings(self, settings: OpenVinoSettings, calibration_text: Path | None) -> None:
         problems = settings.problems(calibration_text is not None or bool(settings.calibration_text))
