@@ -42,11 +42,12 @@ def test_device_extras_do_not_pull_torch_transformers_or_optimum():
     for extra in DEVICE_EXTRAS:
         direct = {_name(r) for r in project["optional-dependencies"][extra]}
         assert not direct & HEAVY, extra
-    closure: set[str] = set()
-    for req in project["optional-dependencies"]["ort"] + project["dependencies"]:
-        _closure(_name(req), closure)
-    assert "onnxruntime-genai" in closure
-    assert not closure & HEAVY, closure & HEAVY
+    for extra, engine in (("ort", "onnxruntime-genai"), ("openvino", "openvino-genai")):
+        closure: set[str] = set()
+        for req in project["optional-dependencies"][extra] + project["dependencies"]:
+            _closure(_name(req), closure)
+        assert engine in closure and "openvino" in closure or extra == "ort", closure
+        assert not closure & HEAVY, (extra, closure & HEAVY)
 
 
 def test_wheel_ships_targets_and_recipes(tmp_path: Path):

@@ -87,7 +87,7 @@ class LLM:
         max_total = min(len(ids) + opts.max_new_tokens, self.context_tokens)
         scanner, decode = StopScanner(opts.stop), self.engine.text_decoder()
         texts: list[str] = []
-        count, finish = 0, "length"
+        count, finish, started = 0, "length", False
         start = time.perf_counter()
         first = last = start
         with self._lock:
@@ -102,7 +102,11 @@ class LLM:
                         finish = "stop"
                         break
                     count += 1
-                    piece = scanner.feed(decode(token))
+                    text = decode(token)
+                    if not started:
+                        text = text.lstrip(" ")  # SentencePiece's word-start space before the first word
+                        started = bool(text)
+                    piece = scanner.feed(text)
                     if piece:
                         texts.append(piece)
                         yield piece

@@ -58,16 +58,20 @@ class OpenVinoEngine:
         return [int(t) for t in encoded.input_ids.data[0]]
 
     def text_decoder(self) -> Callable[[int], str]:
+        """Incremental detokenization in O(1) per token: decode a short window that starts one emitted
+        piece back, so SentencePiece's leading spaces survive (the window's first token gives context)."""
         ids: list[int] = []
-        emitted = [0]
+        offsets = [0, 0]  # prefix_offset, read_offset
 
         def decode(token: int) -> str:
             ids.append(token)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                return ""  # an incomplete UTF-8 sequence: wait for the next token
-            piece, emitted[0] = text[emitted[0]:], len(text)
-            return piece
+            prefix, read = offsets
+            before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True) if read > prefix else ""
+            text = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
+            if len(text) <= len(before) or text.endswith("\ufffd"):
+                return ""  # nothing new yet, or an incomplete UTF-8 sequence: wait for the next token
+            offsets[0], offsets[1] = read, len(ids)
+            return text[len(before):]
 
         return decode
 
