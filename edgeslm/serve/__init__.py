@@ -1,0 +1,1 @@
+"""``edgeslm serve``: an OpenAI-compatible HTTP server (Starlette + uvicorn) over any engine."""

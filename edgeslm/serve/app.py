@@ -1,0 +1,194 @@
+"""The Starlette application: /health, /v1/models, /v1/chat/completions (JSON or server-sent events).
+
+Generation is blocking, so it runs in a worker thread; text pieces cross to the event loop through
+an asyncio queue. A client that disconnects sets a cancel flag the worker checks between tokens, which
+closes the engine's generator and frees its KV cache at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import EdgeslmError
+from ..runtime.generation import ContextLengthError
+from .admission import Admission
+from .request_schema import ApiError, ChatRequest, parse_chat_request
+
+
+class ServerState:
+    def __init__(self, llm: Any, model_id: str, api_key: str | None, max_queue: int, max_body_bytes: int,
+                 default_max_tokens: int):
+        self.llm, self.model_id, self.api_key = llm, model_id, api_key
+        self.admission = Admission(max_queue)
+        self.max_body_bytes = max_body_bytes
+        self.default_max_tokens = default_max_tokens
+        self.created = int(time.time())
+
+
+def create_app(state: ServerState) -> Starlette:
+    async def health(request: Request) -> Response:
+        a = state.admission
+        return JSONResponse({"status": "ok", "model": state.model_id, "active": a.active, "queued": a.waiting,
+                             "served": a.served, "cancelled": a.cancelled, "rejected": a.rejected,
+                             "artifact": state.llm.candidate.artifact.id, "device": state.llm.candidate.device})
+
+    async def models(request: Request) -> Response:
+        _authorize(request, state)
+        return JSONResponse({"object": "list", "data": [
+            {"id": state.model_id, "object": "model", "created": state.created, "owned_by": "edgeslm"}]})
+
+    async def chat_completions(request: Request) -> Response:
+        _authorize(request, state)
+        chat = parse_chat_request(await _read_body(request, state.max_body_bytes))
+        if chat.model != state.model_id:
+            raise ApiError(404, f"the model '{chat.model}' does not exist; this server has '{state.model_id}'",
+                           param="model", code="model_not_found")
+        started = await state.admission.acquire()
+        try:
+            cancel = threading.Event()
+            stream = await asyncio.get_running_loop().run_in_executor(None, _open_stream, state, chat)
+        except BaseException:
+            state.admission.release(started, cancelled=True)
+            raise
+        if chat.stream:
+            return StreamingResponse(_sse(state, chat, stream, cancel, started), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await _complete(request, state, chat, stream, cancel, started)
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    return Starlette(routes=[Route("/health", health), Route("/v1/models", models),
+                             Route("/v1/chat/completions", chat_completions, methods=["POST"])],
+                     exception_handlers={ApiError: api_error})
+
+
+def _authorize(request: Request, state: ServerState) -> None:
+    if state.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    if header != f"Bearer {state.api_key}":
+        raise ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                       type_="authentication_error", code="invalid_api_key")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {declared} bytes is over the {limit}-byte limit", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over the {limit}-byte limit", code="body_too_large")
+    return bytes(body)
+
+
+def _open_stream(state: ServerState, chat: ChatRequest) -> Any:
+    llm = state.llm
+    try:
+        ids = llm.prompt_ids(chat.messages)
+        room = llm.context_tokens - len(ids)
+        max_new = min(chat.max_tokens or state.default_max_tokens, max(room, 1))
+        return llm.stream(chat.messages, max_new_tokens=max_new, **chat.options)
+    except ContextLengthError as exc:
+        raise ApiError(400, exc.message, param="messages", code="context_length_exceeded") from None
+    except EdgeslmError as exc:
+        raise ApiError(400, exc.message) from None
+
+
+def _pump(stream: Any, cancel: threading.Event, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    """Worker thread: move pieces to the event loop until done or cancelled."""
+    try:
+        for piece in stream:
+            if cancel.is_set():
+                break
+            loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+    except Exception as exc:  # reported to the client below
+        loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+    finally:
+        stream.close()
+        loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
+
+
+async def _complete(request: Request, state: ServerState, chat: ChatRequest, stream: Any, cancel: threading.Event,
+                    started: float) -> Response:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    worker = loop.run_in_executor(None, _pump, stream, cancel, loop, queue)
+    while not worker.done():
+        done, _ = await asyncio.wait({worker}, timeout=0.25)
+        if not done and await request.is_disconnected():
+            cancel.set()
+    await worker
+    state.admission.release(started, cancelled=cancel.is_set())
+    pieces, result = [], None
+    while not queue.empty():
+        kind, value = queue.get_nowait()
+        if kind == "piece":
+            pieces.append(value)
+        elif kind == "error":
+            raise ApiError(500, f"generation failed: {value}", type_="server_error")
+        else:
+            result = value
+    return JSONResponse({
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "model": state.model_id,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": _finish(result.finish_reason)}],
+        "usage": _usage(result)})
+
+
+async def _sse(state: ServerState, chat: ChatRequest, stream: Any, cancel: threading.Event,
+               started: float) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    worker = loop.run_in_executor(None, _pump, stream, cancel, loop, queue)
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+        body: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                                "model": state.model_id,
+                                "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        if usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, value = await queue.get()
+            if kind == "piece":
+                yield chunk({"content": value})
+            elif kind == "error":
+                yield f"data: {json.dumps(ApiError(500, f'generation failed: {value}', 'server_error').body())}\n\n"
+            else:
+                yield chunk({}, _finish(value.finish_reason))
+                if chat.include_usage:
+                    yield chunk({}, usage=_usage(value))
+                yield "data: [DONE]\n\n"
+                break
+    finally:  # normal end, or the client went away (the task is cancelled)
+        cancel.set()
+        await asyncio.shield(worker)
+        state.admission.release(started, cancelled=stream.result is None or stream.result.finish_reason == "cancelled")
+
+
+def _finish(reason: str) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _usage(result: Any) -> dict[str, int]:
+    return {"prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
+            "total_tokens": result.usage.total_tokens}
