@@ -7,7 +7,8 @@ every 0.2 s, ``ru_maxrss`` from ``os.wait4``; the same ``measure`` as build_full
   phi-3.5-mini-instruct recipe's ``openvino-int4`` settings, ``load_source`` incl. sha256 of the weights);
 * ``anchor``: ``optimum-cli export openvino --task text-generation-with-past --weight-format int4 --sym
   --group-size 128 --ratio 1.0 --backup-precision int8_sym`` (the same compression as the recipe);
-* ``anchor-default``: ``optimum-cli export openvino --weight-format int4`` (optimum's defaults);
+* ``anchor-default``: ``optimum-cli export openvino --task text-generation-with-past --weight-format int4``
+  (optimum's defaults for an unknown model: asymmetric int4, group 128, ratio 1.0, int8_asym backup);
 * ``bundle``: ``edgeslm build --target intel-core-ultra`` with a copy of that target that lists only
   ``openvino-int4`` (``EDGESLM_DATA_DIR``), so the full-size run does not also build the ONNX artifact.
   The bundle is what the decode part loads (or pass ``--bundle``).
@@ -24,7 +25,7 @@ no text decoding). TTFT = first token - start of generation; tok/s = (tokens - 1
 Runs are interleaved after one warm-up; medians and ratios to plain go to the JSON file.
 
 Usage: python benchmarks/openvino_export_decode.py --model CKPT [--work DIR] [--exports LIST]
-           [--bundle B] [--max-new-tokens N] [--repeats R] [--min-free-gb G] [--out FILE]
+           [--export-repeats R] [--bundle B] [--max-new-tokens N] [--repeats R] [--min-free-gb G] [--out FILE]
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import psutil
@@ -51,15 +51,7 @@ PACKAGES = ("edgeslm", "openvino", "openvino-genai", "openvino-tokenizers", "opt
 OPTIMUM_CLI = str(Path(sys.executable).with_name("optimum-cli"))
 SYM = ["--task", "text-generation-with-past", "--weight-format", "int4", "--sym", "--group-size", "128",
        "--ratio", "1.0", "--backup-precision", "int8_sym"]
-PROMPT = ("Explain in detail how Python's os.path.join works, with several examples, the edge cases "
-          "on Windows and POSIX, and how it differs from pathlib.Path.joinpath.")
-
-
-def _ver(pkg: str) -> str | None:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return None
+PROMPT = "List every function in the os module and describe each one."  # the 21M demo model answers at length
 
 
 def child_export(ckpt: str, out: Path) -> dict:
@@ -95,36 +87,32 @@ def wait_for_memory(min_gb: float) -> dict:
         builds = subprocess.run(["pgrep", "-af", "edgeslm build"], capture_output=True, text=True).stdout.strip()
         if avail >= min_gb * 1e9 and not builds:
             return {"mem_available_before_bytes": avail}
-        print(f"  waiting: {avail / 1e9:.1f} GB available (need {min_gb}), builds running: {builds or 'none'}",
-              flush=True)
+        print(f"  waiting: {avail / 1e9:.1f} GB available (need {min_gb}); builds: {builds or 'none'}", flush=True)
         time.sleep(60)
 
 
 def one_export(kind: str, ckpt: Path, work: Path, min_gb: float) -> dict:
     out = work / kind
     shutil.rmtree(out, ignore_errors=True)
-    env = None
     if kind == "edgeslm":
         cmd = [sys.executable, __file__, "--child-export", str(out), "--model", str(ckpt)]
     elif kind == "anchor":
         cmd = [OPTIMUM_CLI, "export", "openvino", "--model", str(ckpt), *SYM, str(out)]
     elif kind == "anchor-default":
-        cmd = [OPTIMUM_CLI, "export", "openvino", "--model", str(ckpt), "--weight-format", "int4", str(out)]
+        cmd = [OPTIMUM_CLI, "export", "openvino", "--model", str(ckpt), "--task", "text-generation-with-past",
+               "--weight-format", "int4", str(out)]  # a local folder needs --task
     else:  # bundle: the real CLI, intel-core-ultra restricted to its OpenVINO artifact
         data = work / "data"
         (data / "targets").mkdir(parents=True, exist_ok=True)
         text = (HERE.parent / "targets" / "intel-core-ultra.toml").read_text()
         (data / "targets" / "intel-core-ultra.toml").write_text(
             text.replace('formats = ["openvino-int4", "onnx-int4-cpu"]', 'formats = ["openvino-int4"]'))
-        env = {**os.environ, "EDGESLM_DATA_DIR": str(data)}
+        os.environ["EDGESLM_DATA_DIR"] = str(data)  # inherited by the child only; popped below
         cmd = [sys.executable, "-m", "edgeslm", "build", "--target", "intel-core-ultra", "--model", str(ckpt),
                "--out", str(out), "--force", "--json"]
     print(f"export {kind}: {' '.join(cmd)}", flush=True)
-    gate = wait_for_memory(min_gb)
-    if env:
-        os.environ["EDGESLM_DATA_DIR"] = env["EDGESLM_DATA_DIR"]
     try:
-        run = {"command": cmd, **gate, **measure(cmd)}
+        run = {"command": cmd, **wait_for_memory(min_gb), **measure(cmd)}
     finally:
         os.environ.pop("EDGESLM_DATA_DIR", None)
     stdout, stderr = run.pop("stdout"), run.pop("stderr")
@@ -256,6 +244,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeslm-ov-bench")
     ap.add_argument("--exports", default="edgeslm,anchor,anchor-default,bundle",
                     help="comma list of edgeslm, anchor, anchor-default, bundle ('' = none)")
+    ap.add_argument("--export-repeats", type=int, default=1)
     ap.add_argument("--bundle", type=Path, help="decode this bundle (default: WORK/bundle if built)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
@@ -271,30 +260,34 @@ def main() -> None:
         print(json.dumps(child_export(str(args.model), args.child_export)))
         return
     host = host_info()
-    host["packages"] = {p: _ver(p) for p in PACKAGES}
+    from edgeslm.package_versions import version_of
+    host["packages"] = {p: version_of(p) for p in PACKAGES}
     report: dict = {"command": " ".join(sys.argv), "model": str(args.model), "host": host,
                     "date": time.strftime("%Y-%m-%d %H:%M:%S"), "exports": {}}
-    exports = report["exports"]
-    for kind in [k for k in args.exports.split(",") if k]:
-        exports[kind] = one_export(kind, args.model, args.work, args.min_free_gb)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")  # keep partial results
-    gb = 1e9
+    exports, med = report["exports"], report.setdefault("export_median", {})
+    wanted = [k for k in args.exports.split(",") if k]
+    for i in range(args.export_repeats):  # interleaved; the bundle (needed for decode) is built once
+        for kind in [k for k in wanted if k != "bundle" or i == 0]:
+            exports.setdefault(kind, []).append(one_export(kind, args.model, args.work, args.min_free_gb))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=1) + "\n")  # keep partial results
+    keys = ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "model_bin_bytes", "total_bytes")
     if exports:
-        print(f"\n{'export':<15}{'wall s':>9}{'peak RSS GB':>13}{'ru_maxrss GB':>14}{'bin GB':>9}{'total GB':>10}")
-        for kind, r in exports.items():
-            if "failed" in r:
-                print(f"{kind:<15} FAILED ({r['failed']})")
+        print(f"\n{'export (median)':<16}{'runs':>5}{'wall s':>8}{'peak RSS GB':>13}{'ru_maxrss GB':>14}{'bin GB':>9}"
+              f"{'total GB':>10}")
+        for kind, runs in exports.items():
+            ok = [r for r in runs if "failed" not in r]
+            if not ok:
+                print(f"{kind:<16} FAILED ({runs[0]['failed']})")
                 continue
-            print(f"{kind:<15}{r['wall_s']:9.1f}{r['peak_rss_sampled_bytes'] / gb:13.2f}{r['ru_maxrss_bytes'] / gb:14.2f}"
-                  f"{r['model_bin_bytes'] / gb:9.3f}{r['total_bytes'] / gb:10.3f}")
-        e, a = exports.get("edgeslm", {}), exports.get("anchor", {})
-        if "wall_s" in e and "model_bin_bytes" in a:
-            report["export_ratio_edgeslm_over_anchor"] = rat = {
-                k: e[k] / a[k] for k in ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "model_bin_bytes",
-                                         "total_bytes")}
-            print("edgeslm/anchor: " + ", ".join(f"{k} {v:.3f}" for k, v in rat.items()))
-    bundle = args.bundle or (args.work / "bundle" if "wall_s" in exports.get("bundle", {}) else None)
+            med[kind] = m = {k: statistics.median(r[k] for r in ok) for k in keys}
+            print(f"{kind:<16}{len(ok):5d}{m['wall_s']:8.1f}{m['peak_rss_sampled_bytes'] / 1e9:13.2f}"
+                  f"{m['ru_maxrss_bytes'] / 1e9:14.2f}{m['model_bin_bytes'] / 1e9:9.3f}{m['total_bytes'] / 1e9:10.3f}")
+        for anchor in ("anchor", "anchor-default"):
+            if "edgeslm" in med and anchor in med:
+                report[f"ratio_edgeslm_over_{anchor}"] = rat = {k: med["edgeslm"][k] / med[anchor][k] for k in keys}
+                print(f"edgeslm/{anchor}: " + ", ".join(f"{k} {v:.3f}" for k, v in rat.items()))
+    bundle = args.bundle or (args.work / "bundle" if "bundle" in med else None)
     kinds = [k for k in args.kinds.split(",") if k]
     if bundle and kinds:
         print(f"\ndecode: {bundle}, {args.max_new_tokens} new tokens, {args.repeats} repeats, kinds {kinds}")

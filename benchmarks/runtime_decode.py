@@ -10,20 +10,23 @@ TTFT = first token time - start of generation (GeneratorParams), decode tok/s = 
 (last token time - first token time). Runs are interleaved (plain, shim, plain, shim, ...) after
 one warm-up each; medians and shim/plain ratios go to the JSON file.
 
-Memory (``--rss-contexts 512,2048``): for each context a fresh child process loads the bundle with
-``edgeslm.load(bundle, context=CTX)``, feeds a prompt of CTX-64 tokens (eval text repeated and cut
-by token count) and generates 32 tokens; then another fresh child does the same with the plain og
-loop (``max_length=CTX``) on the ids the first child used. Each child reports ``ru_maxrss`` and
-``VmHWM`` (peak RSS), RSS after load, TTFT (≈ prefill) and decode tok/s.
+Memory (``--rss-contexts 512,2048``), run first while this process is small (a child's
+``ru_maxrss`` starts at its parent's peak): per context a child builds a user message whose prompt
+is CTX-64 tokens (eval text repeated, cut by token count), then a fresh child runs the plain og loop
+(``max_length=CTX``) on those ids and another fresh child ``edgeslm.load(bundle, context=CTX)`` on
+the message; both generate 32 tokens and report peak RSS (``VmHWM``; ``ru_maxrss`` too), RSS
+after load, TTFT (≈ prefill of the long prompt) and decode tok/s.
 
-Usage: python benchmarks/runtime_decode.py BUNDLE [--max-new-tokens N] [--repeats 5]
-           [--rss-contexts 512,2048] [--rss-new-tokens 32] [--out FILE]
+``--share-model`` (diagnostic) runs the plain loop on the shim's own og.Model, so the speed ratio
+measures only the Python wrapper.
+
+Usage: python benchmarks/runtime_decode.py BUNDLE [--max-new-tokens 128] [--repeats 5]
+           [--rss-contexts 512,2048] [--rss-new-tokens 32] [--share-model] [--out FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import statistics
@@ -41,9 +44,10 @@ PROMPT = ("Explain in detail how Python's os.path.join works, with several examp
 
 
 def proc_status(key: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -134,7 +138,8 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) 
                   f"TTFT {run['ttft_s'] * 1e3:8.1f} ms, {run['tok_s']:7.2f} tok/s", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tok_s", "ttft_s", "total_s", "tokens")}
            for k, v in runs.items()}
-    same_text = all(p["text"] == s["text"] for p, s in zip(runs["plain"], runs["shim"]))
+    # the shim drops SentencePiece's word-start space before the first word; otherwise the text must match
+    same_text = all(p["text"].lstrip(" ") == s["text"] for p, s in zip(runs["plain"], runs["shim"]))
     for v in runs.values():
         for r in v[1:]:
             r.pop("text")
@@ -147,12 +152,10 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) 
                                       "ttft_s": med["shim"]["ttft_s"] / med["plain"]["ttft_s"]}}
 
 
-def child_shim(bundle: Path, ctx: int, n: int, ids_out: Path) -> dict:
+def child_prompt(bundle: Path, ctx: int, path: Path) -> dict:
+    """Writes a user message whose prompt ids are ctx-64 tokens long, the ids, artifact folder, stop ids."""
     import edgeslm
-    rss0 = proc_status("VmRSS")
-    t = time.perf_counter()
     llm = edgeslm.load(bundle, context=ctx)
-    load_s, rss_load = time.perf_counter() - t, proc_status("VmRSS")
     target = ctx - 64
     text = EVAL_TEXT.read_text(encoding="utf-8")[: ctx * 8]
     while len(llm.engine.encode(text)) < target + 64:
@@ -160,56 +163,59 @@ def child_shim(bundle: Path, ctx: int, n: int, ids_out: Path) -> dict:
     body = llm.engine.encode(text)
     k = target - (len(llm.prompt_ids([{"role": "user", "content": "x"}])) - 1)
     for _ in range(8):  # decode/re-encode may shift the count a little: adjust k until it fits
-        messages = [{"role": "user", "content": llm.engine.tokenizer.decode(body[:k])}]
-        got = len(llm.prompt_ids(messages))
+        content = llm.engine.tokenizer.decode(body[:k])
+        got = len(llm.prompt_ids([{"role": "user", "content": content}]))
         if got == target:
             break
         k += target - got
-    ids = llm.prompt_ids(messages)
-    ids_out.write_text(json.dumps(ids))
-    run = shim_run(llm, messages, n)
-    run.pop("text")
-    return {"prompt_tokens": len(ids), "context": llm.context_tokens, "load_s": load_s,
-            "rss_before_load_bytes": rss0, "rss_after_load_bytes": rss_load, **run}
+    ids = llm.prompt_ids([{"role": "user", "content": content}])
+    path.write_text(json.dumps({"content": content, "ids": ids, "stop": sorted(llm.stop_ids),
+                                "artifact_dir": str(llm._opened.folder / llm.candidate.artifact.path)}))
+    return {"prompt_tokens": len(ids)}
 
 
-def child_plain(artifact_dir: Path, ctx: int, n: int, ids_in: Path, threads: int, stop: list[int]) -> dict:
-    ids = json.loads(ids_in.read_text())
-    rss0 = proc_status("VmRSS")
-    t = time.perf_counter()
-    model, tokenizer = open_plain(artifact_dir, threads)
+def child_run(kind: str, bundle: Path, ctx: int, n: int, path: Path, threads: int) -> dict:
+    prompt = json.loads(path.read_text())
+    rss0, t = proc_status("VmRSS"), time.perf_counter()
+    if kind == "shim":
+        import edgeslm
+        llm = edgeslm.load(bundle, context=ctx)
+    else:  # the anchor imports nothing of edgeslm
+        model, tokenizer = open_plain(Path(prompt["artifact_dir"]), threads)
     load_s, rss_load = time.perf_counter() - t, proc_status("VmRSS")
-    run = plain_run(model, tokenizer, ids, n, ctx, frozenset(stop))
+    if kind == "shim":
+        messages = [{"role": "user", "content": prompt["content"]}]
+        assert llm.prompt_ids(messages) == prompt["ids"]
+        run = shim_run(llm, messages, n)
+    else:
+        run = plain_run(model, tokenizer, prompt["ids"], n, ctx, frozenset(prompt["stop"]))
     run.pop("text")
-    return {"prompt_tokens": len(ids), "context": ctx, "load_s": load_s,
-            "rss_before_load_bytes": rss0, "rss_after_load_bytes": rss_load, **run}
+    return {"prompt_tokens": len(prompt["ids"]), "load_s": load_s, "rss_before_load_bytes": rss0,
+            "rss_after_load_bytes": rss_load, **run}
 
 
-def memory(bundle: Path, contexts: list[int], n: int, out: Path) -> dict:
-    import edgeslm
-    from edgeslm.runtime.host_probe import probe_host
-    with edgeslm.load(bundle) as llm:  # only to read the artifact folder and stop ids; closed before children
-        artifact_dir = str(llm._opened.folder / llm.candidate.artifact.path)
-        stop = sorted(llm.stop_ids)
-    threads = probe_host().physical_cores
+def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path) -> dict:
+    """Runs before anything is loaded here: a child's ru_maxrss starts at its parent's peak RSS."""
     results = {}
     for ctx in contexts:
-        ids_file = out.with_suffix(f".ids{ctx}.json")
-        row = {}
-        for kind, extra in (("shim", [str(bundle)]), ("plain", [artifact_dir, str(threads), json.dumps(stop)])):
-            cmd = [sys.executable, __file__, "--child", kind, "--ctx", str(ctx), "--rss-new-tokens", str(n),
-                   "--ids-file", str(ids_file), *extra]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+        prompt_file, row = out.with_suffix(f".prompt{ctx}.json"), {}
+        for kind in ("prompt", "plain", "shim"):
+            cmd = [sys.executable, __file__, str(bundle), "--child", kind, "--ctx", str(ctx),
+                   "--rss-new-tokens", str(n), "--prompt-file", str(prompt_file), "--threads", str(threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode:
                 raise SystemExit(f"child {kind} ctx={ctx} failed:\n{proc.stderr[-3000:]}")
-            row[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {row[kind]['ru_maxrss_bytes'] / 2**20:8.1f} MiB "
-                  f"(after load {row[kind]['rss_after_load_bytes'] / 2**20:.1f}), prompt {row[kind]['prompt_tokens']}, "
-                  f"TTFT {row[kind]['ttft_s']:.2f} s, {row[kind]['tok_s']:.2f} tok/s", flush=True)
-        ids_file.unlink(missing_ok=True)
-        row["ratio_shim_over_plain"] = {
-            "peak_rss": row["shim"]["ru_maxrss_bytes"] / row["plain"]["ru_maxrss_bytes"],
-            "ttft_s": row["shim"]["ttft_s"] / row["plain"]["ttft_s"]}
+            if kind == "prompt":
+                continue
+            row[kind] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {r['vm_hwm_bytes'] / 2**20:8.1f} MiB (ru_maxrss "
+                  f"{r['ru_maxrss_bytes'] / 2**20:.1f}, after load {r['rss_after_load_bytes'] / 2**20:.1f}), "
+                  f"prompt {r['prompt_tokens']}, TTFT {r['ttft_s']:.2f} s, {r['tok_s']:.2f} tok/s", flush=True)
+        prompt_file.unlink(missing_ok=True)
+        p, s = row["plain"], row["shim"]
+        row["ratio_shim_over_plain"] = {"peak_rss": s["vm_hwm_bytes"] / p["vm_hwm_bytes"],
+                                        "rss_after_load": s["rss_after_load_bytes"] / p["rss_after_load_bytes"],
+                                        "ttft_s": s["ttft_s"] / p["ttft_s"]}
         results[str(ctx)] = row
     return results
 
@@ -217,7 +223,6 @@ def memory(bundle: Path, contexts: list[int], n: int, out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("bundle", type=Path)
-    ap.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--prompt", default=PROMPT)
@@ -226,24 +231,26 @@ def main() -> None:
     ap.add_argument("--share-model", action="store_true",
                     help="diagnostic: the plain loop runs on the shim's own og.Model (isolates Python overhead)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_decode.json")
-    ap.add_argument("--child", choices=("shim", "plain"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("prompt", "shim", "plain"), help=argparse.SUPPRESS)
     ap.add_argument("--ctx", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--ids-file", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--prompt-file", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        if args.child == "shim":
-            res = child_shim(args.bundle, args.ctx, args.rss_new_tokens, args.ids_file)
-        else:
-            res = child_plain(args.bundle, args.ctx, args.rss_new_tokens, args.ids_file,
-                              int(args.extra[0]), json.loads(args.extra[1]))
+        res = (child_prompt(args.bundle, args.ctx, args.prompt_file) if args.child == "prompt" else
+               child_run(args.child, args.bundle, args.ctx, args.rss_new_tokens, args.prompt_file, args.threads))
         res.update(ru_maxrss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                    vm_hwm_bytes=proc_status("VmHWM"))
         print(json.dumps(res))
         return
     report = {"bundle": str(args.bundle), "host": host_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if args.rss_contexts:  # first, while this process is still small (see memory())
+        contexts = [int(c) for c in args.rss_contexts.split(",")]
+        print(f"memory: fresh process per configuration, contexts {contexts}, {args.rss_new_tokens} new tokens")
+        report["memory"] = memory(args.bundle, contexts, args.rss_new_tokens, report["host"]["physical_cores"],
+                                  args.out)
     print(f"speed: {args.bundle}, {args.max_new_tokens} new tokens, {args.repeats} repeats")
-    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt,
-                                   args.share_model)
+    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt, args.share_model)
     m, r = sp["median"], sp["ratio_shim_over_plain"]
     print(f"\n{'':6s} {'tokens':>6s} {'tok/s':>8s} {'TTFT ms':>9s}   (prompt {sp['prompt_tokens']} tokens, "
           f"{sp['threads']} threads, same text: {sp['same_text']})")
@@ -251,15 +258,12 @@ def main() -> None:
         print(f"{k:6s} {m[k]['tokens']:6.0f} {m[k]['tok_s']:8.2f} {m[k]['ttft_s'] * 1e3:9.1f}")
     print(f"{'ratio':6s} {'':6s} {r['tok_s']:8.3f} {r['ttft_s']:9.3f}   (shim/plain; goal tok/s >= 0.97)")
     if args.rss_contexts:
-        contexts = [int(c) for c in args.rss_contexts.split(",")]
-        print(f"\nmemory: fresh process per configuration, contexts {contexts}, {args.rss_new_tokens} new tokens")
-        report["memory"] = mem = memory(args.bundle, contexts, args.rss_new_tokens, args.out)
-        print(f"\n{'ctx':>5s} {'plain MiB':>10s} {'shim MiB':>9s} {'ratio':>6s} {'plain TTFT s':>13s} "
-              f"{'shim TTFT s':>12s} {'ratio':>6s}")
-        for ctx, row in mem.items():
+        print(f"\n{'ctx':>5s} {'plain peak MiB':>14s} {'shim peak MiB':>13s} {'ratio':>6s} {'plain TTFT s':>12s} "
+              f"{'shim TTFT s':>11s} {'ratio':>6s}")
+        for ctx, row in report["memory"].items():
             p, s, q = row["plain"], row["shim"], row["ratio_shim_over_plain"]
-            print(f"{ctx:>5s} {p['ru_maxrss_bytes'] / 2**20:10.1f} {s['ru_maxrss_bytes'] / 2**20:9.1f} "
-                  f"{q['peak_rss']:6.3f} {p['ttft_s']:13.2f} {s['ttft_s']:12.2f} {q['ttft_s']:6.3f}")
+            print(f"{ctx:>5s} {p['vm_hwm_bytes'] / 2**20:14.1f} {s['vm_hwm_bytes'] / 2**20:13.1f} "
+                  f"{q['peak_rss']:6.3f} {p['ttft_s']:12.2f} {s['ttft_s']:11.2f} {q['ttft_s']:6.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwrote {args.out}")

@@ -38,9 +38,10 @@ class Admission:
         self.active += 1
         return time.monotonic()
 
-    def release(self, started: float, cancelled: bool = False) -> None:
+    def release(self, started: float, outcome: str = "served") -> None:
+        """``outcome``: served, cancelled (the client went away) or error (refused before generating)."""
         self.active -= 1
-        self.served += not cancelled
-        self.cancelled += cancelled
+        self.served += outcome == "served"
+        self.cancelled += outcome == "cancelled"
         self._avg_s = 0.8 * self._avg_s + 0.2 * (time.monotonic() - started)
         self._engine.release()

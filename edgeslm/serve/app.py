@@ -12,11 +12,11 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import EdgeslmError
@@ -58,12 +58,13 @@ def create_app(state: ServerState) -> Starlette:
             cancel = threading.Event()
             stream = await asyncio.get_running_loop().run_in_executor(None, _open_stream, state, chat)
         except BaseException:
-            state.admission.release(started, cancelled=True)
+            state.admission.release(started, outcome="error")
             raise
+        queue: asyncio.Queue = asyncio.Queue()
+        worker = _start_worker(state, stream, cancel, started, queue)  # releases the slot when it ends
         if chat.stream:
-            return StreamingResponse(_sse(state, chat, stream, cancel, started), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await _complete(request, state, chat, stream, cancel, started)
+            return EventStream(_sse(state, chat, queue), on_close=lambda: worker.done() or cancel.set())
+        return await _complete(request, state, queue, worker, cancel)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -108,6 +109,22 @@ def _open_stream(state: ServerState, chat: ChatRequest) -> Any:
         raise ApiError(400, exc.message) from None
 
 
+def _start_worker(state: ServerState, stream: Any, cancel: threading.Event, started: float,
+                  queue: asyncio.Queue) -> asyncio.Future:
+    """Run the generation in a thread; the engine slot is released when that thread is done, however the
+    request ended (finished, client gone, task cancelled mid-cleanup)."""
+    loop = asyncio.get_running_loop()
+    worker = loop.run_in_executor(None, _pump, stream, cancel, loop, queue)
+
+    def release(_: asyncio.Future) -> None:
+        result = stream.result
+        cancelled = cancel.is_set() and (result is None or result.finish_reason == "cancelled")
+        state.admission.release(started, outcome="cancelled" if cancelled else "served")
+
+    worker.add_done_callback(release)
+    return worker
+
+
 def _pump(stream: Any, cancel: threading.Event, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
     """Worker thread: move pieces to the event loop until done or cancelled."""
     try:
@@ -122,17 +139,12 @@ def _pump(stream: Any, cancel: threading.Event, loop: asyncio.AbstractEventLoop,
         loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
 
 
-async def _complete(request: Request, state: ServerState, chat: ChatRequest, stream: Any, cancel: threading.Event,
-                    started: float) -> Response:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    worker = loop.run_in_executor(None, _pump, stream, cancel, loop, queue)
+async def _complete(request: Request, state: ServerState, queue: asyncio.Queue, worker: asyncio.Future,
+                    cancel: threading.Event) -> Response:
     while not worker.done():
         done, _ = await asyncio.wait({worker}, timeout=0.25)
         if not done and await request.is_disconnected():
             cancel.set()
-    await worker
-    state.admission.release(started, cancelled=cancel.is_set())
     pieces, result = [], None
     while not queue.empty():
         kind, value = queue.get_nowait()
@@ -150,11 +162,7 @@ async def _complete(request: Request, state: ServerState, chat: ChatRequest, str
         "usage": _usage(result)})
 
 
-async def _sse(state: ServerState, chat: ChatRequest, stream: Any, cancel: threading.Event,
-               started: float) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    worker = loop.run_in_executor(None, _pump, stream, cancel, loop, queue)
+async def _sse(state: ServerState, chat: ChatRequest, queue: asyncio.Queue) -> AsyncIterator[str]:
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
@@ -165,24 +173,58 @@ async def _sse(state: ServerState, chat: ChatRequest, stream: Any, cancel: threa
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        while True:
-            kind, value = await queue.get()
-            if kind == "piece":
-                yield chunk({"content": value})
-            elif kind == "error":
-                yield f"data: {json.dumps(ApiError(500, f'generation failed: {value}', 'server_error').body())}\n\n"
-            else:
-                yield chunk({}, _finish(value.finish_reason))
-                if chat.include_usage:
-                    yield chunk({}, usage=_usage(value))
-                yield "data: [DONE]\n\n"
-                break
-    finally:  # normal end, or the client went away (the task is cancelled)
-        cancel.set()
-        await asyncio.shield(worker)
-        state.admission.release(started, cancelled=stream.result is None or stream.result.finish_reason == "cancelled")
+    yield chunk({"role": "assistant", "content": ""})
+    while True:
+        kind, value = await queue.get()
+        if kind == "piece":
+            yield chunk({"content": value})
+        elif kind == "error":
+            yield f"data: {json.dumps(ApiError(500, f'generation failed: {value}', 'server_error').body())}\n\n"
+        else:
+            yield chunk({}, _finish(value.finish_reason))
+            if chat.include_usage:
+                yield chunk({}, usage=_usage(value))
+            yield "data: [DONE]\n\n"
+            return
+
+
+class EventStream:
+    """A server-sent-events response that notices a client disconnect at once.
+
+    It listens for ``http.disconnect`` while sending; when the client goes away the sending task is
+    cancelled, which runs the event generator's cleanup (cancel the generation, free the engine).
+    """
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], object]):
+        self.events, self.on_close = events, on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]})
+            await self._stream(receive, send)
+        finally:
+            self.on_close()  # stops the generation if it still runs (client gone)
+            await self.events.aclose()
+
+    async def _stream(self, receive: Any, send: Any) -> None:
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        async def emit() -> None:
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        listener, emitter = asyncio.ensure_future(listen()), asyncio.ensure_future(emit())
+        try:
+            await asyncio.wait({listener, emitter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listener, emitter):
+                task.cancel()
+            await asyncio.gather(listener, emitter, return_exceptions=True)
 
 
 def _finish(reason: str) -> str:
