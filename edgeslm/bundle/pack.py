@@ -95,6 +95,16 @@ def unpack_bundle(tar_path: Path, dest: Path) -> Path:
     return manifests[0].parent
 
 
+def _flashed_current(folder: Path) -> Path:
+    """A folder written by 'edgeslm flash' stands for its active version (DEST/CURRENT names it)."""
+    pointer = folder / "CURRENT"
+    if not (folder / MANIFEST_NAME).exists() and pointer.is_file():
+        version = pointer.read_text(encoding="utf-8").strip()
+        if version and "/" not in version and ".." not in version:
+            return folder / "versions" / version
+    return folder
+
+
 class OpenedBundle:
     """A bundle folder, or a .tar unpacked into a temporary folder for as long as it is open."""
 
@@ -109,7 +119,7 @@ class OpenedBundle:
                 self.close()
                 raise
         else:
-            self.folder = self.source
+            self.folder = _flashed_current(self.source)
 
     def close(self) -> None:
         if self._tmp:

@@ -24,6 +24,7 @@ COMMANDS = {
     "run": ("edgeslm.cli.run_cmds:run", "Answer one prompt with the artifact that matches this host."),
     "chat": ("edgeslm.cli.run_cmds:chat", "Chat interactively (/reset, /exit, Ctrl-D)."),
     "bench": ("edgeslm.cli.bench_cmd:bench", "Measure time to first token and decode speed on this device."),
+    "flash": ("edgeslm.cli.flash_cmd:flash", "Copy a bundle to devices (ssh, folder, adb), verify, switch atomically."),
     "serve": ("edgeslm.cli.serve_cmd:serve", "Serve a bundle with an OpenAI-compatible HTTP API."),
     "doctor": ("edgeslm.cli.doctor_cmd:doctor", "Show the host profile and which artifact runs here and why."),
 }

@@ -1,0 +1,1 @@
+"""``edgeslm flash``: stage a bundle on a device, verify it there, then switch to it atomically."""
