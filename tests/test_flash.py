@@ -294,3 +294,16 @@ def test_adb_flash_with_a_stand_in_adb(built_bundle, tmp_path):
     no_adb = run_cli("flash", str(built_bundle), "--to", "adb:///data/local/tmp/x",
                      env={"PATH": str(Path(shutil.which("sh")).parent)})
     assert_clean_error(no_adb, "adb is not installed")
+
+
+def test_ssh_read_only_and_full_destinations(built_bundle, sshd, tmp_path):
+    ro, full = tmp_path / "ro", tmp_path / "full"
+    if not (_tmpfs(ro, "ro,size=1m") and _tmpfs(full, "size=8m")):
+        pytest.skip("cannot mount tmpfs here (needs root)")
+    try:
+        assert_clean_error(run_cli("flash", str(built_bundle), *_ssh_args(sshd, ro / "edgeslm")), "read-only")
+        assert_clean_error(run_cli("flash", str(built_bundle), *_ssh_args(sshd, full / "edgeslm")), "MiB free")
+        assert not (full / "edgeslm" / "CURRENT").exists()
+    finally:
+        subprocess.run(["umount", str(ro)])
+        subprocess.run(["umount", str(full)])
