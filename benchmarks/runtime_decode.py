@@ -7,8 +7,9 @@ artifact folder is loaded again with ``og.Config`` + the session options the eng
 generate greedily up to N new tokens; the anchor is the canonical og loop (``generate_next_token``,
 ``get_next_tokens``, a tokenizer stream ``decode`` per token). Both use the same definitions:
 TTFT = first token time - start of generation (GeneratorParams), decode tok/s = (tokens - 1) /
-(last token time - first token time). Runs are interleaved (plain, shim, plain, shim, ...) after
-one warm-up each; medians and shim/plain ratios go to the JSON file.
+(last token time - first token time). Runs are interleaved in ABBA order (a warm-up pair, then
+plain, shim, shim, plain, ...) so a slow drift cancels; medians, shim/plain ratios of the medians and
+the median of per-repeat ratios go to the JSON file, with the CPU time other processes took per run.
 
 Memory (``--rss-contexts 512,2048``), run first while this process is small (a child's
 ``ru_maxrss`` starts at its parent's peak): per context a child builds a user message whose prompt
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -49,6 +51,15 @@ def proc_status(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def cpu_mark() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process): their deltas' difference
+    is CPU time other processes took during a run, i.e. how disturbed it was."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:9]]
+    own = os.times()
+    return (sum(t) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
 def open_plain(artifact_dir: Path, threads: int):
@@ -129,13 +140,17 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) 
     max_length = min(len(ids) + n, llm.context_tokens)  # what the engine asks for
     runs: dict[str, list] = {"plain": [], "shim": []}
     for i in range(repeats + 1):  # the first pair is the warm-up
-        for kind in ("plain", "shim"):
+        for kind in (("plain", "shim") if i % 2 else ("shim", "plain")):  # ABBA: a slow drift cancels out
+            busy0, own0 = cpu_mark()
             run = (plain_run(model, tokenizer, ids, n, max_length, llm.stop_ids) if kind == "plain"
                    else shim_run(llm, messages, n))
+            busy1, own1 = cpu_mark()
+            run["other_processes_cpu_s"] = max(0.0, (busy1 - busy0) - (own1 - own0))
             if i:
                 runs[kind].append(run)
             print(f"  {'warm-up' if not i else f'repeat {i}'} {kind:5s}: {run['tokens']} tokens, "
-                  f"TTFT {run['ttft_s'] * 1e3:8.1f} ms, {run['tok_s']:7.2f} tok/s", flush=True)
+                  f"TTFT {run['ttft_s'] * 1e3:8.1f} ms, {run['tok_s']:7.2f} tok/s, "
+                  f"other processes {run['other_processes_cpu_s']:.2f} CPU s", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tok_s", "ttft_s", "total_s", "tokens")}
            for k, v in runs.items()}
     # the shim drops SentencePiece's word-start space before the first word; otherwise the text must match
@@ -149,7 +164,9 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) 
             "plain_shares_shim_model": share,
             "repeats": repeats, "runs": runs, "median": med, "same_text": same_text,
             "ratio_shim_over_plain": {"tok_s": med["shim"]["tok_s"] / med["plain"]["tok_s"],
-                                      "ttft_s": med["shim"]["ttft_s"] / med["plain"]["ttft_s"]}}
+                                      "ttft_s": med["shim"]["ttft_s"] / med["plain"]["ttft_s"]},
+            "median_paired_ratio": {m: statistics.median(s[m] / p[m] for p, s in zip(runs["plain"], runs["shim"]))
+                                    for m in ("tok_s", "ttft_s")}}
 
 
 def child_prompt(bundle: Path, ctx: int, path: Path) -> dict:
@@ -183,12 +200,15 @@ def child_run(kind: str, bundle: Path, ctx: int, n: int, path: Path, threads: in
     else:  # the anchor imports nothing of edgeslm
         model, tokenizer = open_plain(Path(prompt["artifact_dir"]), threads)
     load_s, rss_load = time.perf_counter() - t, proc_status("VmRSS")
+    busy0, own0 = cpu_mark()
     if kind == "shim":
         messages = [{"role": "user", "content": prompt["content"]}]
         assert llm.prompt_ids(messages) == prompt["ids"]
         run = shim_run(llm, messages, n)
     else:
         run = plain_run(model, tokenizer, prompt["ids"], n, ctx, frozenset(prompt["stop"]))
+    busy1, own1 = cpu_mark()
+    run["other_processes_cpu_s"] = max(0.0, (busy1 - busy0) - (own1 - own0))
     run.pop("text")
     return {"prompt_tokens": len(prompt["ids"]), "load_s": load_s, "rss_before_load_bytes": rss0,
             "rss_after_load_bytes": rss_load, **run}
@@ -210,7 +230,8 @@ def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path) -
             row[kind] = r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {r['vm_hwm_bytes'] / 2**20:8.1f} MiB (ru_maxrss "
                   f"{r['ru_maxrss_bytes'] / 2**20:.1f}, after load {r['rss_after_load_bytes'] / 2**20:.1f}), "
-                  f"prompt {r['prompt_tokens']}, TTFT {r['ttft_s']:.2f} s, {r['tok_s']:.2f} tok/s", flush=True)
+                  f"prompt {r['prompt_tokens']}, TTFT {r['ttft_s']:.2f} s, {r['tok_s']:.2f} tok/s, "
+                  f"other processes {r['other_processes_cpu_s']:.1f} CPU s", flush=True)
         prompt_file.unlink(missing_ok=True)
         p, s = row["plain"], row["shim"]
         row["ratio_shim_over_plain"] = {"peak_rss": s["vm_hwm_bytes"] / p["vm_hwm_bytes"],
@@ -257,6 +278,8 @@ def main() -> None:
     for k in ("plain", "shim"):
         print(f"{k:6s} {m[k]['tokens']:6.0f} {m[k]['tok_s']:8.2f} {m[k]['ttft_s'] * 1e3:9.1f}")
     print(f"{'ratio':6s} {'':6s} {r['tok_s']:8.3f} {r['ttft_s']:9.3f}   (shim/plain; goal tok/s >= 0.97)")
+    q = sp["median_paired_ratio"]
+    print(f"{'paired':6s} {'':6s} {q['tok_s']:8.3f} {q['ttft_s']:9.3f}   (median of per-repeat shim/plain)")
     if args.rss_contexts:
         print(f"\n{'ctx':>5s} {'plain peak MiB':>14s} {'shim peak MiB':>13s} {'ratio':>6s} {'plain TTFT s':>12s} "
               f"{'shim TTFT s':>11s} {'ratio':>6s}")
