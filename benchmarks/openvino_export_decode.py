@@ -1,28 +1,22 @@
 """OpenVINO int4 (intel-core-ultra): edgeslm's export and decode against plain optimum-cli / openvino-genai.
 
-Export (each in a fresh child process; wall time, peak RSS of the process tree sampled from /proc
-every 0.2 s, ``ru_maxrss`` from ``os.wait4``; the same ``measure`` as build_full_size.py):
+Export, each in a fresh child process measured like build_full_size.py (wall time, peak RSS of the
+process tree sampled from /proc every 0.2 s, ``ru_maxrss`` from ``os.wait4``), output sizes, ratios
+edgeslm/anchor. Before each, wait (60 s polls) for ``--min-free-gb`` available and no ``edgeslm build``.
+  edgeslm         the OpenVINO exporter alone: ``EXPORTER.export(ExportJob(load_source(CKPT), ...))`` with
+                  the phi-3.5-mini-instruct recipe's ``openvino-int4`` settings (load_source hashes the weights)
+  anchor          optimum-cli export openvino --task text-generation-with-past --weight-format int4 --sym
+                  --group-size 128 --ratio 1.0 --backup-precision int8_sym (the recipe's compression)
+  anchor-default  optimum-cli export openvino --task text-generation-with-past --weight-format int4
+  bundle          edgeslm build --target intel-core-ultra, the target reduced to openvino-int4 through
+                  EDGESLM_DATA_DIR (no ONNX build); the decode part loads it (or pass --bundle)
 
-* ``edgeslm``: the OpenVINO exporter alone (``EXPORTER.export(ExportJob(...))`` with the
-  phi-3.5-mini-instruct recipe's ``openvino-int4`` settings, ``load_source`` incl. sha256 of the weights);
-* ``anchor``: ``optimum-cli export openvino --task text-generation-with-past --weight-format int4 --sym
-  --group-size 128 --ratio 1.0 --backup-precision int8_sym`` (the same compression as the recipe);
-* ``anchor-default``: ``optimum-cli export openvino --task text-generation-with-past --weight-format int4``
-  (optimum's defaults for an unknown model: asymmetric int4, group 128, ratio 1.0, int8_asym backup);
-* ``bundle``: ``edgeslm build --target intel-core-ultra`` with a copy of that target that lists only
-  ``openvino-int4`` (``EDGESLM_DATA_DIR``), so the full-size run does not also build the ONNX artifact.
-  The bundle is what the decode part loads (or pass ``--bundle``).
-
-Before each export the script waits (polling every 60 s) until ``--min-free-gb`` of RAM is available
-and no ``edgeslm build`` process is running. Ratios are edgeslm/anchor.
-
-Decode: ``edgeslm.load(bundle, artifact="openvino-int4").stream(messages, max_new_tokens=N)`` (shim)
-versus a plain ``openvino_genai.LLMPipeline`` on the same folder with the engine's properties
-(``INFERENCE_NUM_THREADS``): same prompt ids (``llm.prompt_ids``), greedy, same ``max_new_tokens``, a
-``StreamerBase`` callback that timestamps each token and stops at the manifest's stop ids (text is
-decoded once at the end). ``engine`` is a diagnostic: ``llm.engine.generate`` alone (thread + queue,
-no text decoding). TTFT = first token - start of generation; tok/s = (tokens - 1) / (last - first).
-Runs are interleaved after one warm-up; medians and ratios to plain go to the JSON file.
+Decode: ``edgeslm.load(bundle, artifact="openvino-int4").stream(...)`` (shim) against a plain
+``openvino_genai.LLMPipeline`` on the same folder with the engine's properties: same prompt ids
+(``llm.prompt_ids``), greedy, same max_new_tokens, a ``StreamerBase`` that timestamps each token and
+stops at the manifest's stop ids (text decoded once at the end). ``engine`` (diagnostic) is
+``llm.engine.generate`` alone: thread + queue, no detokenization. TTFT = first token - start of
+generation; tok/s = (tokens - 1) / (last - first token). Interleaved runs after a warm-up; medians.
 
 Usage: python benchmarks/openvino_export_decode.py --model CKPT [--work DIR] [--exports LIST]
            [--export-repeats R] [--bundle B] [--max-new-tokens N] [--repeats R] [--min-free-gb G] [--out FILE]
@@ -49,8 +43,8 @@ from build_full_size import failure_reason, host_info, measure, tree_size
 PACKAGES = ("edgeslm", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf",
             "torch", "transformers")
 OPTIMUM_CLI = str(Path(sys.executable).with_name("optimum-cli"))
-SYM = ["--task", "text-generation-with-past", "--weight-format", "int4", "--sym", "--group-size", "128",
-       "--ratio", "1.0", "--backup-precision", "int8_sym"]
+ANCHORS = {"anchor": ["--sym", "--group-size", "128", "--ratio", "1.0", "--backup-precision", "int8_sym"],
+           "anchor-default": []}  # after --task text-generation-with-past --weight-format int4
 PROMPT = "List every function in the os module and describe each one."  # the 21M demo model answers at length
 
 
@@ -95,11 +89,9 @@ def one_export(kind: str, ckpt: Path, work: Path, min_gb: float) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     if kind == "edgeslm":
         cmd = [sys.executable, __file__, "--child-export", str(out), "--model", str(ckpt)]
-    elif kind == "anchor":
-        cmd = [OPTIMUM_CLI, "export", "openvino", "--model", str(ckpt), *SYM, str(out)]
-    elif kind == "anchor-default":
+    elif kind in ANCHORS:  # a local folder needs --task
         cmd = [OPTIMUM_CLI, "export", "openvino", "--model", str(ckpt), "--task", "text-generation-with-past",
-               "--weight-format", "int4", str(out)]  # a local folder needs --task
+               "--weight-format", "int4", *ANCHORS[kind], str(out)]
     else:  # bundle: the real CLI, intel-core-ultra restricted to its OpenVINO artifact
         data = work / "data"
         (data / "targets").mkdir(parents=True, exist_ok=True)

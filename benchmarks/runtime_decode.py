@@ -62,6 +62,23 @@ def cpu_mark() -> tuple[float, float]:
     return (sum(t) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
+def wait_quiet(limit_s: float, window_s: float = 5.0) -> float:
+    """Wait (at most limit_s) until other processes use < 5% of the CPUs over a window; seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        busy0, own0 = cpu_mark()
+        time.sleep(window_s)
+        busy1, own1 = cpu_mark()
+        if (busy1 - busy0) - (own1 - own0) < 0.05 * window_s * os.cpu_count():
+            break
+    return time.perf_counter() - start
+
+
+def disturbed(run: dict) -> bool:
+    """Other processes took more than 5% of the CPUs while this run was timed."""
+    return run["other_processes_cpu_s"] > 0.05 * run["total_s"] * os.cpu_count()
+
+
 def open_plain(artifact_dir: Path, threads: int):
     """The anchor: og.Config with exactly the engine's session options."""
     import onnxruntime_genai as og
@@ -128,7 +145,7 @@ def _ver(pkg: str) -> str | None:
         return None
 
 
-def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) -> dict:
+def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool, retries: int, quiet_s: float) -> dict:
     import edgeslm
     from edgeslm.runtime.host_probe import probe_host
     threads = probe_host().physical_cores
@@ -141,11 +158,16 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool = False) 
     runs: dict[str, list] = {"plain": [], "shim": []}
     for i in range(repeats + 1):  # the first pair is the warm-up
         for kind in (("plain", "shim") if i % 2 else ("shim", "plain")):  # ABBA: a slow drift cancels out
-            busy0, own0 = cpu_mark()
-            run = (plain_run(model, tokenizer, ids, n, max_length, llm.stop_ids) if kind == "plain"
-                   else shim_run(llm, messages, n))
-            busy1, own1 = cpu_mark()
-            run["other_processes_cpu_s"] = max(0.0, (busy1 - busy0) - (own1 - own0))
+            for attempt in range(1, retries + 2):  # a run that other processes disturbed is redone
+                waited = wait_quiet(quiet_s)
+                busy0, own0 = cpu_mark()
+                run = (plain_run(model, tokenizer, ids, n, max_length, llm.stop_ids) if kind == "plain"
+                       else shim_run(llm, messages, n))
+                busy1, own1 = cpu_mark()
+                run.update(other_processes_cpu_s=max(0.0, (busy1 - busy0) - (own1 - own0)), attempt=attempt,
+                           waited_for_quiet_s=waited)
+                if not disturbed(run):
+                    break
             if i:
                 runs[kind].append(run)
             print(f"  {'warm-up' if not i else f'repeat {i}'} {kind:5s}: {run['tokens']} tokens, "
@@ -214,7 +236,7 @@ def child_run(kind: str, bundle: Path, ctx: int, n: int, path: Path, threads: in
             "rss_after_load_bytes": rss_load, **run}
 
 
-def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path) -> dict:
+def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path, retries: int, quiet_s: float) -> dict:
     """Runs before anything is loaded here: a child's ru_maxrss starts at its parent's peak RSS."""
     results = {}
     for ctx in contexts:
@@ -222,12 +244,18 @@ def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path) -
         for kind in ("prompt", "plain", "shim"):
             cmd = [sys.executable, __file__, str(bundle), "--child", kind, "--ctx", str(ctx),
                    "--rss-new-tokens", str(n), "--prompt-file", str(prompt_file), "--threads", str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode:
-                raise SystemExit(f"child {kind} ctx={ctx} failed:\n{proc.stderr[-3000:]}")
+            for attempt in range(1, retries + 2):
+                waited = wait_quiet(quiet_s) if kind != "prompt" else 0.0
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode:
+                    raise SystemExit(f"child {kind} ctx={ctx} failed:\n{proc.stderr[-3000:]}")
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                if kind == "prompt" or not disturbed(r):
+                    break
             if kind == "prompt":
                 continue
-            row[kind] = r = json.loads(proc.stdout.strip().splitlines()[-1])
+            row[kind] = r
+            r.update(attempt=attempt, waited_for_quiet_s=waited)
             print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {r['vm_hwm_bytes'] / 2**20:8.1f} MiB (ru_maxrss "
                   f"{r['ru_maxrss_bytes'] / 2**20:.1f}, after load {r['rss_after_load_bytes'] / 2**20:.1f}), "
                   f"prompt {r['prompt_tokens']}, TTFT {r['ttft_s']:.2f} s, {r['tok_s']:.2f} tok/s, "
@@ -251,6 +279,10 @@ def main() -> None:
     ap.add_argument("--rss-new-tokens", type=int, default=32)
     ap.add_argument("--share-model", action="store_true",
                     help="diagnostic: the plain loop runs on the shim's own og.Model (isolates Python overhead)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="redo a run during which other processes took > 5%% of the CPUs, up to this often")
+    ap.add_argument("--quiet-wait", type=float, default=300.0,
+                    help="before each run, wait up to this many seconds for the other processes to go quiet")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "runtime_decode.json")
     ap.add_argument("--child", choices=("prompt", "shim", "plain"), help=argparse.SUPPRESS)
     ap.add_argument("--ctx", type=int, help=argparse.SUPPRESS)
@@ -269,9 +301,10 @@ def main() -> None:
         contexts = [int(c) for c in args.rss_contexts.split(",")]
         print(f"memory: fresh process per configuration, contexts {contexts}, {args.rss_new_tokens} new tokens")
         report["memory"] = memory(args.bundle, contexts, args.rss_new_tokens, report["host"]["physical_cores"],
-                                  args.out)
+                                  args.out, args.retries, args.quiet_wait)
     print(f"speed: {args.bundle}, {args.max_new_tokens} new tokens, {args.repeats} repeats")
-    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt, args.share_model)
+    report["speed"] = sp = speed(args.bundle, args.max_new_tokens, args.repeats, args.prompt, args.share_model,
+                                 args.retries, args.quiet_wait)
     m, r = sp["median"], sp["ratio_shim_over_plain"]
     print(f"\n{'':6s} {'tokens':>6s} {'tok/s':>8s} {'TTFT ms':>9s}   (prompt {sp['prompt_tokens']} tokens, "
           f"{sp['threads']} threads, same text: {sp['same_text']})")

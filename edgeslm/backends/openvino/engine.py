@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from ...errors import BackendMissingError, BundleError
+from ...runtime import byte_fallback_detokenizer
 from ...runtime.generation import GenerationOptions
 
 if TYPE_CHECKING:
@@ -52,26 +53,35 @@ class OpenVinoEngine:
         except Exception as exc:  # driver or plugin errors arrive as RuntimeError
             raise BundleError(f"openvino-genai cannot load {artifact_dir} on {self.device_name}: {exc}") from None
         self.tokenizer = self.pipeline.get_tokenizer()
+        self.fast_detokenizer = byte_fallback_detokenizer.load(artifact_dir / "tokenizer.json")
 
     def encode(self, text: str) -> list[int]:
         encoded = self.tokenizer.encode(text, add_special_tokens=False)
         return [int(t) for t in encoded.input_ids.data[0]]
 
-    def text_decoder(self) -> Callable[[int], str]:
-        """Incremental detokenization in O(1) per token: decode a short window that starts one emitted
-        piece back, so SentencePiece's leading spaces survive (the window's first token gives context)."""
+    def text_decoder(self, window: int = 16) -> Callable[[int], str]:
+        if self.fast_detokenizer is not None:  # a table lookup instead of a detokenizer model call per token
+            return self.fast_detokenizer.stream()
+        return self._model_text_decoder(window)
+
+    def _model_text_decoder(self, window: int) -> Callable[[int], str]:
+        """Incremental detokenization with one decode call per token: decode the ids since a recent
+        start point and emit what was added; every ``window`` tokens the start point moves up (keeping
+        one token of context, so SentencePiece's word-start spaces survive)."""
         ids: list[int] = []
-        offsets = [0, 0]  # prefix_offset, read_offset
+        state = {"start": 0, "text": ""}
 
         def decode(token: int) -> str:
             ids.append(token)
-            prefix, read = offsets
-            before = self.tokenizer.decode(ids[prefix:read], skip_special_tokens=True) if read > prefix else ""
-            text = self.tokenizer.decode(ids[prefix:], skip_special_tokens=True)
-            if len(text) <= len(before) or text.endswith("\ufffd"):
-                return ""  # nothing new yet, or an incomplete UTF-8 sequence: wait for the next token
-            offsets[0], offsets[1] = read, len(ids)
-            return text[len(before):]
+            text = self.tokenizer.decode(ids[state["start"]:], skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return ""  # an incomplete UTF-8 sequence: wait for the next token
+            piece = text[len(state["text"]):]
+            state["text"] = text
+            if len(ids) - state["start"] >= window:
+                state["start"] = len(ids) - 1
+                state["text"] = self.tokenizer.decode(ids[state["start"]:], skip_special_tokens=True)
+            return piece
 
         return decode
 
