@@ -18,6 +18,10 @@ is CTX-64 tokens (eval text repeated, cut by token count), then a fresh child ru
 the message; both generate 32 tokens and report peak RSS (``VmHWM``; ``ru_maxrss`` too), RSS
 after load, TTFT (≈ prefill of the long prompt) and decode tok/s.
 
+Shared machines: before each timed run the script waits (``--quiet-wait``) until other processes use
+< 5% of the CPUs, and redoes a run during which they took more (``--retries``); every run records
+the CPU seconds other processes took while it was timed.
+
 ``--share-model`` (diagnostic) runs the plain loop on the shim's own og.Model, so the speed ratio
 measures only the Python wrapper.
 
@@ -62,7 +66,7 @@ def cpu_mark() -> tuple[float, float]:
     return (sum(t) - t[3] - t[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
-def wait_quiet(limit_s: float, window_s: float = 5.0) -> float:
+def wait_quiet(limit_s: float, window_s: float = 2.0) -> float:
     """Wait (at most limit_s) until other processes use < 5% of the CPUs over a window; seconds waited."""
     start = time.perf_counter()
     while time.perf_counter() - start < limit_s:
@@ -75,8 +79,8 @@ def wait_quiet(limit_s: float, window_s: float = 5.0) -> float:
 
 
 def disturbed(run: dict) -> bool:
-    """Other processes took more than 5% of the CPUs while this run was timed."""
-    return run["other_processes_cpu_s"] > 0.05 * run["total_s"] * os.cpu_count()
+    """Other processes took more than 5% of the CPUs (and > 0.05 CPU s) while this run was timed."""
+    return run["other_processes_cpu_s"] > max(0.05, 0.05 * run["total_s"] * os.cpu_count())
 
 
 def open_plain(artifact_dir: Path, threads: int):
@@ -172,7 +176,7 @@ def speed(bundle: Path, n: int, repeats: int, prompt: str, share: bool, retries:
                 runs[kind].append(run)
             print(f"  {'warm-up' if not i else f'repeat {i}'} {kind:5s}: {run['tokens']} tokens, "
                   f"TTFT {run['ttft_s'] * 1e3:8.1f} ms, {run['tok_s']:7.2f} tok/s, "
-                  f"other processes {run['other_processes_cpu_s']:.2f} CPU s", flush=True)
+                  f"other processes {run['other_processes_cpu_s']:.2f} CPU s (attempt {run['attempt']})", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("tok_s", "ttft_s", "total_s", "tokens")}
            for k, v in runs.items()}
     # the shim drops SentencePiece's word-start space before the first word; otherwise the text must match
@@ -259,7 +263,7 @@ def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path, r
             print(f"  ctx {ctx:5d} {kind:5s}: peak RSS {r['vm_hwm_bytes'] / 2**20:8.1f} MiB (ru_maxrss "
                   f"{r['ru_maxrss_bytes'] / 2**20:.1f}, after load {r['rss_after_load_bytes'] / 2**20:.1f}), "
                   f"prompt {r['prompt_tokens']}, TTFT {r['ttft_s']:.2f} s, {r['tok_s']:.2f} tok/s, "
-                  f"other processes {r['other_processes_cpu_s']:.1f} CPU s", flush=True)
+                  f"other processes {r['other_processes_cpu_s']:.1f} CPU s (attempt {attempt})", flush=True)
         prompt_file.unlink(missing_ok=True)
         p, s = row["plain"], row["shim"]
         row["ratio_shim_over_plain"] = {"peak_rss": s["vm_hwm_bytes"] / p["vm_hwm_bytes"],
