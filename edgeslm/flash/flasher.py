@@ -224,32 +224,29 @@ def _verify_remote(t: Transport, folder: str, entries: list[tuple[str, int, str]
 
 
 def rollback(destination: str, options: FlashOptions) -> FlashReport:
-    dest = parse_destination(destination)
-    t = open_transport(dest, options)
-    try:
-        layout = Layout(dest.path)
-        target = previous_version(t, layout)
-        if target is None:
-            raise UsageError(f"{dest}: no previous version to roll back to")
-        report = FlashReport(str(dest), target, "rolled-back")
-        _verify_installed(t, layout, target, report)
-        activate(t, layout, target, target, "rollback")
-        report.doctor = t.remote_doctor(layout.current_link)
-        return report
-    finally:
-        t.close()
+    """Verify the previous version on the device, then switch back to it."""
+    return _installed_version(destination, options, "rolled-back")
 
 
 def verify_device(destination: str, options: FlashOptions) -> FlashReport:
+    """Verify the device's active bundle against its manifest; change nothing."""
+    return _installed_version(destination, options, "verified")
+
+
+def _installed_version(destination: str, options: FlashOptions, action: str) -> FlashReport:
     dest = parse_destination(destination)
     t = open_transport(dest, options)
     try:
         layout = Layout(dest.path)
-        version = active_version(t, layout)
+        rolling_back = action == "rolled-back"
+        version = previous_version(t, layout) if rolling_back else active_version(t, layout)
         if version is None:
-            raise UsageError(f"{dest}: no bundle has been flashed there")
-        report = FlashReport(str(dest), version, "verified")
+            missing = "no previous version to roll back to" if rolling_back else "no bundle has been flashed there"
+            raise UsageError(f"{dest}: {missing}")
+        report = FlashReport(str(dest), version, action)
         _verify_installed(t, layout, version, report)
+        if rolling_back:
+            activate(t, layout, version, version, "rollback")
         report.doctor = t.remote_doctor(layout.current_link)
         return report
     finally:
