@@ -48,9 +48,9 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec("openvino-int4", "openvino", "npu", ("x86_64",), "openvino-genai", "2026.0",
                    "openvino", "build-openvino", True, settings="edgeslm.backends.openvino.settings:OpenVinoSettings",
                    accelerator="openvino"),
-        FormatSpec("mlx-4bit", "mlx", "gpu", ("arm64",), "mlx-lm", "0.20.0",
-                   "mlx", "build-mlx", False, "the Apple silicon (MLX) issue", accelerator="metal",
-                   auto_select="native"),
+        FormatSpec("mlx", "mlx", "gpu", ("arm64", "x86_64"), "mlx-lm", "0.31.0",
+                   "mlx", "build-mlx", True, settings="edgeslm.backends.mlx.settings:MlxSettings",
+                   accelerator="metal", auto_select="native"),
         FormatSpec("qnn-context", "qnn", "npu", ("arm64",), "onnxruntime-qnn", "2.7.0",
                    "qnn", "build-qnn", False, "the Snapdragon NPU (QNN) issue", accelerator="qnn"),
     )

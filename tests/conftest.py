@@ -95,3 +95,29 @@ def source_perplexity(count: int, length: int) -> float:
         nll = sum(float(torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([w])).logits[0, :-1],
                                                           torch.tensor(w[1:]), reduction="sum")) for w in windows)
     return math.exp(nll / sum(len(w) - 1 for w in windows))
+
+
+def import_blocker(tmp_path: Path, *top_level: str) -> dict:
+    """Environment for a subprocess in which importing the given top-level packages fails."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir(exist_ok=True)
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {tuple(top_level)!r}:\n"
+        "            raise ImportError(f'No module named {name!r} (blocked by the test)')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    return {"PYTHONPATH": str(blocker)}
+
+
+PROMPTS = [json.loads(line)["messages"] for line in (EVAL / "chat-prompts.jsonl").read_text().splitlines() if line]
+
+
+def build_for_target(tmp_path_factory, target: str, *extra: str) -> Path:
+    """Build the docs model for one target, with quality measured on 4 windows of the held-out text."""
+    out = tmp_path_factory.mktemp(target) / f"{target}.bundle"
+    result = run_cli("build", "--target", target, "--model", str(DOCS_MODEL), "--out", str(out),
+                     "--eval-text", str(EVAL / "docs-heldout.txt"), "--eval-windows", "4", *extra, "--json")
+    assert result.returncode == 0, result
+    return out

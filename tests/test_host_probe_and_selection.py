@@ -91,13 +91,13 @@ def fleet_manifest(built_bundle):
     arts = (
         _entry(cpu, "qnn-context", "qnn-context", ("arm64",), "onnxruntime-qnn", "2.7.0"),
         _entry(cpu, "openvino-int4", "openvino-int4", ("x86_64",), "openvino-genai", "2026.0"),
-        _entry(cpu, "mlx-4bit", "mlx-4bit", ("arm64",), "mlx-lm", "0.20.0"),
+        _entry(cpu, "mlx", "mlx", ("arm64",), "mlx-lm", "0.20.0"),
         _entry(cpu, "onnx-int4-cuda", "onnx-int4-cuda", ("x86_64", "arm64"), "onnxruntime-genai-cuda", "0.18.0"),
         cpu,
     )
     targets = {"snapdragon-x-elite": TargetEntry(("qnn-context", "onnx-int4-cpu"), 4096),
                "intel-core-ultra": TargetEntry(("openvino-int4", "onnx-int4-cpu"), 4096),
-               "apple-silicon": TargetEntry(("mlx-4bit", "onnx-int4-cpu"), 4096),
+               "apple-silicon": TargetEntry(("mlx", "onnx-int4-cpu"), 4096),
                "jetson-orin": TargetEntry(("onnx-int4-cuda", "onnx-int4-cpu"), 4096),
                "raspberrypi5": TargetEntry(("onnx-int4-cpu",), 4096)}
     return dataclasses.replace(m, artifacts=arts, targets=targets)
@@ -138,13 +138,13 @@ def test_jetson_picks_cuda_then_cpu(fleet_manifest):
 
 def test_mac_picks_mlx_and_linux_never_auto_picks_mlx(fleet_manifest):
     mac = rank_artifacts(fleet_manifest, host("macbook-m2", {**ORT, "mlx-lm": "0.28.0"}))
-    assert (mac.chosen.artifact.id, mac.chosen.device) == ("mlx-4bit", "gpu")
+    assert (mac.chosen.artifact.id, mac.chosen.device) == ("mlx", "gpu")
     pi = host("raspberrypi5", {**ORT, "mlx-lm": "0.28.0"})
     auto = rank_artifacts(fleet_manifest, pi)
     assert auto.chosen.artifact.id == "onnx-int4-cpu"
-    assert "only on Apple silicon" in _reasons(auto)["mlx-4bit"]
-    forced = rank_artifacts(fleet_manifest, pi, artifact_id="mlx-4bit")
-    assert forced.chosen.artifact.id == "mlx-4bit" and forced.chosen.device == "cpu"
+    assert "only on Apple silicon" in _reasons(auto)["mlx"]
+    forced = rank_artifacts(fleet_manifest, pi, artifact_id="mlx")
+    assert forced.chosen.artifact.id == "mlx" and forced.chosen.device == "cpu"
 
 
 def test_raspberry_pi_rejections_explain_themselves(fleet_manifest):

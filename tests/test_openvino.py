@@ -7,30 +7,25 @@ device and properties it was given and then runs the real pipeline on the CPU.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
 import edgeslm
-from conftest import DOCS_MODEL, EVAL, assert_clean_error, run_cli, source_perplexity, token_windows
+from conftest import (DOCS_MODEL, EVAL, PROMPTS, assert_clean_error, build_for_target, import_blocker, run_cli,
+                      source_perplexity, token_windows)
 from edgeslm.bundle.manifest import read_manifest
 from edgeslm.runtime.accelerator_probe import Findings
 from edgeslm.runtime.generation import ContextLengthError
 from edgeslm.runtime.host_probe import probe_host
 
 HOSTS = Path(__file__).parent / "hosts"
-PROMPTS = [json.loads(line)["messages"] for line in (EVAL / "chat-prompts.jsonl").read_text().splitlines() if line]
 
 
 @pytest.fixture(scope="session")
 def ov_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ov") / "intel.bundle"
-    result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL), "--out", str(out),
-                     "--eval-text", str(EVAL / "docs-heldout.txt"), "--eval-windows", "4", "--json")
-    assert result.returncode == 0, result
-    return out
+    return build_for_target(tmp_path_factory, "intel-core-ultra")
 
 
 def test_bundle_has_openvino_and_onnx_fallback(ov_bundle):
@@ -169,15 +164,6 @@ def test_unsupported_option_combinations(tmp_path, setting, words):
 
 
 def test_missing_optimum_names_the_extra(tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('optimum', 'nncf'):\n"
-        "            raise ImportError(f'No module named {name!r} (blocked by the test)')\n"
-        "sys.meta_path.insert(0, Block())\n")
     result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
-                     "--out", str(tmp_path / "o"), env={"PYTHONPATH": str(blocker)})
+                     "--out", str(tmp_path / "o"), env=import_blocker(tmp_path, "optimum", "nncf"))
     assert_clean_error(result, "optimum.intel", "edgeslm[build-openvino]")

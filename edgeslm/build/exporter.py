@@ -7,12 +7,13 @@ made; the pipeline then checksums the files and writes the manifest. Exporters n
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
-from ..errors import BackendMissingError
+from ..errors import BackendMissingError, BuildError, DiskSpaceError, EdgeslmError
 from ..formats import FormatSpec
 from ..progress import Progress
 from .source import SourceModel
@@ -80,3 +81,21 @@ def get_exporter(spec: FormatSpec) -> Exporter:
     """The exporter object of a format's backend (``edgeslm.backends.<backend>.exporter.EXPORTER``)."""
     module = importlib.import_module(f"edgeslm.backends.{spec.backend}.exporter")
     return module.EXPORTER
+
+
+@contextlib.contextmanager
+def converter_errors(fmt_name: str, what: str, log_path: Path) -> Iterator[None]:
+    """Turn what a third-party converter raises into one BuildError naming the step and its log
+    (a full disk into DiskSpaceError); edgeslm's own errors pass through unchanged."""
+    try:
+        yield
+    except EdgeslmError:
+        raise
+    except OSError as exc:
+        if exc.errno == 28:
+            raise DiskSpaceError(f"out of disk space while writing {fmt_name}",
+                                 hint="free some space or pass --out on a larger disk") from None
+        raise BuildError(f"{fmt_name}: {what} failed: {exc}", hint=f"see the log {log_path}") from exc
+    except Exception as exc:  # converters raise bare Exceptions, ValueErrors, RuntimeErrors
+        raise BuildError(f"{fmt_name}: {what} failed: {type(exc).__name__}: {exc}",
+                         hint=f"see the log {log_path}") from exc

@@ -114,6 +114,13 @@ def apply_overrides(recipe: Recipe, overrides: list[str], formats: list[str]) ->
         if dot and fmt not in new:
             raise UsageError(f"--set '{item}': recipe '{recipe.name}' has no format '{fmt}'",
                              hint=f"formats in this recipe: {', '.join(new)}")
+        if dot and fmt not in formats:
+            from .targets import all_targets
+
+            takers = [t.name for t in all_targets().values() if fmt in t.formats]
+            raise UsageError(f"--set '{item}': format '{fmt}' is not built for the targets given "
+                             f"(they need {', '.join(formats) or 'nothing'})",
+                             hint=f"targets that take {fmt}: {', '.join(takers) or 'none'}")
         applied = False
         for f in targets:
             settings = new[f]

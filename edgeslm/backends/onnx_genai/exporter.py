@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult, require_modules
+from ...build.exporter import ExportJob, ExportResult, converter_errors, require_modules
 from ...build.source import SourceModel
-from ...errors import BuildError, DiskSpaceError
 from ...package_versions import version_of
 from ...progress import Progress
 from .settings import OnnxSettings
@@ -55,24 +54,15 @@ class OnnxGenaiExporter:
         src = str(job.source.path)
         log_path = job.work_dir / f"{job.fmt.name}-builder.log"
         with progress.task(f"{job.fmt.name}: export and quantize (onnxruntime-genai builder)"):
-            try:
-                with captured_output(log_path):
-                    from onnxruntime_genai.models import builder
+            with converter_errors(job.fmt.name, "the onnxruntime-genai builder", log_path), \
+                    captured_output(log_path):
+                from onnxruntime_genai.models import builder
 
-                    extra = builder.parse_extra_options(src, src, str(job.out_dir), settings.precision,
-                                                        settings.execution_provider, str(job.work_dir / "hf-cache"),
-                                                        options)
-                    builder.create_model(src, src, str(job.out_dir), settings.precision,
-                                         settings.execution_provider, str(job.work_dir / "hf-cache"), **extra)
-            except OSError as exc:
-                if exc.errno == 28:
-                    raise DiskSpaceError(f"out of disk space while writing {job.fmt.name}",
-                                         hint="free some space or pass --out on a larger disk") from None
-                raise BuildError(f"{job.fmt.name}: the onnxruntime-genai builder failed: {exc}",
-                                 hint=f"see the builder log {log_path}") from exc
-            except Exception as exc:  # the builder raises bare Exceptions
-                raise BuildError(f"{job.fmt.name}: the onnxruntime-genai builder failed: "
-                                 f"{type(exc).__name__}: {exc}", hint=f"see the builder log {log_path}") from exc
+                extra = builder.parse_extra_options(src, src, str(job.out_dir), settings.precision,
+                                                    settings.execution_provider, str(job.work_dir / "hf-cache"),
+                                                    options)
+                builder.create_model(src, src, str(job.out_dir), settings.precision,
+                                     settings.execution_provider, str(job.work_dir / "hf-cache"), **extra)
         max_total = int(job.source.config.get("max_position_embeddings", job.default_total_tokens))
         default_total = min(job.default_total_tokens, max_total)
         self._tune_genai_config(job.out_dir / "genai_config.json", default_total)

@@ -1,0 +1,1 @@
+"""MLX (Apple silicon) format: mlx-lm conversion on the build side, mlx-lm generation on the device."""

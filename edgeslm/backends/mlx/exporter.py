@@ -1,0 +1,134 @@
+"""Build side of the MLX format: mlx-lm's loading, quantization and saving, called as a library.
+
+The steps of ``mlx_lm convert -q`` (lazy load, cast, affine quantization, sharded save with the
+tokenizer) plus what a plain convert gets wrong or leaves out: Phi-3 LongRoPE runs with the short
+factors (see longrope.py), optional AWQ on a calibration text, and the bits and group size are read
+back from the written tensors for the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ...build.captured_output import captured_output
+from ...build.exporter import ExportJob, ExportResult, converter_errors, require_modules
+from ...build.source import SourceModel
+from ...errors import BuildError, UsageError
+from ...package_versions import version_of
+from ...progress import Progress
+from . import longrope
+from .awq_phi3 import awq_quantize_phi3, calibration_windows
+from .model_loading import metal_available
+from .settings import MlxSettings
+from .weight_inspection import quantized_layers
+
+_KV_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+class MlxExporter:
+    modules = ("mlx.core", "mlx_lm", "transformers")
+
+    def check_available(self) -> None:
+        require_modules(self.modules, "the MLX exporter", "build-mlx")
+
+    def check_settings(self, settings: MlxSettings, calibration_text: Path | None) -> None:
+        problems = settings.problems(calibration_text is not None)
+        if problems:
+            raise UsageError(f"mlx settings cannot work: {'; '.join(problems)}")
+
+    def estimate_output_bytes(self, source: SourceModel, settings: MlxSettings) -> int:
+        per_weight = settings.bits / 8 + 4 / settings.group_size  # packed weights + fp16 scale and bias
+        return int(source.parameter_count * per_weight + 64 * 2**20)
+
+    def export(self, job: ExportJob, progress: Progress) -> ExportResult:
+        settings: MlxSettings = job.settings
+        self.check_available()
+        self.check_settings(settings, job.calibration_text)
+        windows = None
+        if settings.method == "awq":
+            windows = calibration_windows(job.source.path / "tokenizer.json", Path(job.calibration_text),
+                                          settings.awq_samples, settings.awq_sequence_length)
+        log_path = job.work_dir / f"{job.fmt.name}-convert.log"
+        dtype = self._dtype(settings, job.source.config)
+        title = (f"{job.fmt.name}: {settings.bits}-bit {'AWQ' if windows else 'quantization'} "
+                 f"(group {settings.group_size}) with mlx-lm")
+        with progress.task(title):
+            with converter_errors(job.fmt.name, "mlx-lm conversion", log_path), captured_output(log_path):
+                config = self._convert(job, settings, dtype, windows)
+        (job.out_dir / "README.md").unlink(missing_ok=True)  # mlx-lm's hub model card
+        written = quantized_layers(job.out_dir, settings.group_size)
+        wrong = {p: b for p, b in written["layers"].items() if b != settings.bits}
+        if not written["layers"] or wrong:
+            raise BuildError(f"{job.fmt.name}: the written weights do not have {settings.bits}-bit groups of "
+                             f"{settings.group_size}: {len(written['layers'])} quantized layers, mismatched "
+                             f"{sorted(wrong)[:3]}", hint=f"see the log {log_path}")
+        cfg = job.source.config
+        layers = int(cfg["num_hidden_layers"])
+        heads = int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
+        limit = longrope.context_limit(cfg)
+        max_total = min(int(cfg.get("max_position_embeddings", job.default_total_tokens)), limit or 1 << 30)
+        return ExportResult(
+            quantization={**asdict(settings), "method": f"mlx-lm affine, {settings.method}", "algorithm": settings.method,
+                          "dtype": dtype, "mode": config["quantization"].get("mode", "affine"),
+                          "calibration_text": str(job.calibration_text or "") if windows else "",
+                          "quantized_layers": len(written["layers"]),
+                          "bits_histogram": written["bits_histogram"]},
+            max_total_tokens=max_total,
+            max_prompt_tokens=max_total - 1,
+            kv_cache_bytes_per_token=2 * layers * heads * head_dim * _KV_BYTES[dtype],
+            kv_cache_dtype=dtype,
+            weight_bytes=sum(p.stat().st_size for p in job.out_dir.glob("model*.safetensors")),
+            runtime_overhead_bytes=300 * 2**20,
+            details={
+                "bits": settings.bits,
+                "group_size": settings.group_size,
+                "rope": ("LongRoPE short factors, context capped at original_max_position_embeddings "
+                         "(mlx-lm applies one factor set at every length)") if limit else "as in the source",
+                "mlx_version": version_of("mlx") or "",
+                "mlx_lm_version": version_of("mlx-lm") or "",
+            },
+            packages={name: version_of(name) or "not installed" for name in ("mlx", "mlx-lm", "transformers")},
+        )
+
+    @staticmethod
+    def _dtype(settings: MlxSettings, config: dict[str, Any]) -> str:
+        if settings.dtype != "auto":
+            return settings.dtype
+        source = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16")
+        return source if source in _KV_BYTES else "bfloat16"
+
+    @staticmethod
+    def _convert(job: ExportJob, settings: MlxSettings, dtype: str, windows: list[list[int]] | None) -> dict:
+        import mlx.core as mx
+        from mlx.utils import tree_map_with_path
+        from mlx_lm.utils import load, quantize_model, save
+
+        model, tokenizer, config = load(str(job.source.path), lazy=True, return_config=True)
+        longrope.apply_short_factors(model, config)
+        config = longrope.short_factor_config(config)
+        target = getattr(mx, dtype)
+
+        def cast(to: Any) -> None:
+            model.update(tree_map_with_path(
+                lambda _, v: v.astype(to) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters()))
+
+        if windows is not None:
+            # AWQ runs the model hundreds of times; without Metal, bf16/fp16 quantized matmuls are
+            # emulated (~9x slower), so the search runs in float32 and the result is cast afterwards.
+            cast(target if metal_available() else mx.float32)
+            awq_quantize_phi3(model, windows, settings.bits, settings.group_size, settings.awq_grid)
+            cast(target)
+            quant = {"group_size": settings.group_size, "bits": settings.bits, "mode": "affine"}
+            config = {**config, "quantization": quant, "quantization_config": quant}
+        else:
+            cast(target)
+            model, config = quantize_model(model, config, settings.group_size, settings.bits)
+        config["torch_dtype"] = dtype
+        save(str(job.out_dir), str(job.source.path), model, tokenizer, config)
+        return config
+
+
+EXPORTER = MlxExporter()

@@ -1,0 +1,38 @@
+"""Recipe options for the MLX format (mlx-lm affine quantization)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class MlxSettings:
+    """Options of mlx-lm's quantization, called as a library.
+
+    bits: weight bits of the quantized Linear and Embedding layers (4 or 8).
+    group_size: quantization group along the input dimension (mlx-lm's default is 64).
+    method: ``rtn`` (round to nearest, mlx-lm's ``convert -q``) or ``awq`` (activation-aware
+        scaling and clipping, mlx-lm's AWQ with a Phi-3 layer map from edgeslm); awq needs a
+        calibration text (``--calibration-text``).
+    dtype: precision of the unquantized tensors (norms, scales): ``auto`` keeps the checkpoint's.
+    awq_samples / awq_sequence_length: how many token windows of the calibration text AWQ runs on.
+    awq_grid: points of AWQ's scale and clip search (mlx-lm uses 20).
+    """
+
+    bits: Literal[4, 8] = 4
+    group_size: Literal[32, 64, 128] = 64
+    method: Literal["rtn", "awq"] = "rtn"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    awq_samples: int = 32
+    awq_sequence_length: int = 512
+    awq_grid: int = 20
+
+    def __post_init__(self) -> None:
+        if self.awq_samples < 1 or self.awq_sequence_length < 16 or self.awq_grid < 2:
+            raise ValueError("awq_samples must be >= 1, awq_sequence_length >= 16 and awq_grid >= 2")
+
+    def problems(self, has_calibration_text: bool) -> list[str]:
+        if self.method == "awq" and not has_calibration_text:
+            return ["method = awq needs a calibration text (--calibration-text FILE)"]
+        return []
