@@ -51,8 +51,9 @@ FORMATS: dict[str, FormatSpec] = {
         FormatSpec("mlx", "mlx", "gpu", ("arm64", "x86_64"), "mlx-lm", "0.31.0",
                    "mlx", "build-mlx", True, settings="edgeslm.backends.mlx.settings:MlxSettings",
                    accelerator="metal", auto_select="native"),
-        FormatSpec("qnn-context", "qnn", "npu", ("arm64",), "onnxruntime-qnn", "2.7.0",
-                   "qnn", "build-qnn", False, "the Snapdragon NPU (QNN) issue", accelerator="qnn"),
+        FormatSpec("qnn-context", "qnn", "npu", ("arm64", "x86_64"), "onnxruntime-qnn", "2.7.0",
+                   "qnn", "build-qnn", True, settings="edgeslm.backends.qnn.settings:QnnSettings",
+                   accelerator="qnn"),
     )
 }
 

@@ -28,6 +28,8 @@ class ExportJob:
     work_dir: Path  # scratch space, deleted after the build
     default_total_tokens: int  # planned context of the targets that use this artifact
     calibration_text: Path | None = None  # for data-aware quantization (--calibration-text)
+    domain_text: Path | None = None  # the build's evaluation text: a calibration fallback for formats that need one
+    domain_skip_tokens: int = 0  # tokens of domain_text used for quality windows (calibrate after them)
 
 
 @dataclass(frozen=True)

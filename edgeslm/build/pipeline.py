@@ -151,7 +151,11 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
         art_dir = staging / "artifacts" / spec.name
         art_dir.mkdir(parents=True)
         default_total = max(t.planning.default_context_length for t in targets if spec.name in t.formats)
-        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, request.calibration_text)
+        quality_request = request.quality
+        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, request.calibration_text,
+                        domain_text=quality_request.text_path if quality_request else None,
+                        domain_skip_tokens=quality_request.windows * quality_request.window_tokens
+                        if quality_request else 0)
         result = exporters[spec.name].export(job, progress)
         packages.update(result.packages)
         quality = None

@@ -27,15 +27,20 @@ from .output import echo_json, human_bytes
 @click.option("--eval-window-tokens", type=click.IntRange(16, 8192), default=512, show_default=True)
 @click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Text for data-aware quantization (AWQ, scale estimation, GPTQ) where the recipe asks for it.")
+@click.option("--qnn-compiler", type=click.Choice(["onnxruntime-qnn", "qai-hub"]), default=None,
+              help="Who compiles Snapdragon NPU context binaries: onnxruntime-qnn offline (default) or Qualcomm "
+                   "AI Hub (needs an API token).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          calibration_text, as_json) -> None:
+          calibration_text, qnn_compiler, as_json) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
     from ..build.pipeline import BuildRequest, build_bundle
     from ..build.quality import QualityRequest
     from .rich_progress import RichProgress
 
     quality = QualityRequest(eval_text, eval_windows, eval_window_tokens) if eval_text else None
+    if qnn_compiler:
+        overrides = (*overrides, f"qnn-context.compiler={qnn_compiler}")
     request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
                            calibration_text)
     with RichProgress(quiet=as_json) as progress:

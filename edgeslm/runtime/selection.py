@@ -120,6 +120,10 @@ def _evaluate(art: Artifact, host: HostProfile, explicit: bool, context: int | N
         return f"runtime package {art.runtime.package} is not installed (pip install 'edgeslm[{spec.device_extra}]')"
     if not at_least(version, art.runtime.min_version):
         return f"{art.runtime.package} {version} is older than the {art.runtime.min_version} this artifact needs"
+    if spec.accelerator == "qnn":
+        mismatch = _qnn_mismatch(art, host, dev, version)
+        if mismatch:
+            return mismatch
     plan = plan_context(art, host.ram_available_bytes, context, device=dev)
     if isinstance(plan, str):
         return plan
@@ -138,6 +142,8 @@ def _place(spec: FormatSpec, host: HostProfile, explicit: bool):
                 if acc.kind == kind:
                     return kind, acc
         return "cpu", None
+    if need == "qnn" and not matches and explicit and host.cpu_arch == "x86_64":
+        return "cpu", None  # onnxruntime-qnn's HTP simulator: only when asked for, slow
     if need == "metal" and not matches:
         if explicit:
             return "cpu", None  # mlx[cpu] works on Linux, slowly: only when asked for
@@ -146,6 +152,24 @@ def _place(spec: FormatSpec, host: HostProfile, explicit: bool):
         wanted = {"cuda": "an NVIDIA CUDA GPU", "qnn": "a Qualcomm Hexagon NPU"}.get(need, need)
         return f"needs {wanted}, none found on this host"
     return matches[0].kind, matches[0]
+
+
+def _qnn_mismatch(art: Artifact, host: HostProfile, device: str, version: str) -> str | None:
+    """Context binaries are specific to a SoC and to the QNN SDK that compiled them (the failure users
+    meet most at load time): check both before loading."""
+    details = art.details
+    compiled = str(details.get("onnxruntime_qnn_version", ""))
+    if compiled and version.split(".")[:2] != compiled.split(".")[:2]:
+        return (f"context binaries were compiled with onnxruntime-qnn {compiled} (QNN SDK "
+                f"{details.get('qnn_sdk_version', '?')}); the installed {version} bundles another QNN SDK "
+                f"(pip install 'onnxruntime-qnn=={compiled}', or rebuild)")
+    if device == "npu":
+        socs = details.get("socs") or {}
+        soc = (host.soc or "").lower()
+        if not any(soc and (soc == name.lower() or soc in entry.get("device_ids", [])) for name, entry in socs.items()):
+            return (f"context binaries were compiled for {', '.join(socs) or 'no SoC'}; this device's SoC is "
+                    f"{host.soc or 'unknown'}")
+    return None
 
 
 def _installed(package: str, host: HostProfile) -> str | None:

@@ -9,11 +9,11 @@ the runtime's selection only picks this engine there when asked with ``--artifac
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from ...errors import BackendMissingError
-from ...runtime import byte_fallback_detokenizer
 from ...runtime.generation import GenerationOptions
+from ...runtime.tokenizer_json import TokenizerJson
 from .model_loading import load_mlx_model
 
 if TYPE_CHECKING:
@@ -30,24 +30,12 @@ class MlxEngine:
             import mlx.core as mx
             from mlx_lm.generate import generate_step
             from mlx_lm.sample_utils import make_sampler
-            from tokenizers import Tokenizer
         except ImportError:
             raise BackendMissingError("mlx-lm is not installed", hint="pip install 'edgeslm[mlx]'") from None
         self._mx, self._generate_step, self._make_sampler = mx, generate_step, make_sampler
         self.model = load_mlx_model(artifact_dir)
-        self.tokenizer = Tokenizer.from_file(str(artifact_dir / "tokenizer.json"))
-        self.fast_detokenizer = byte_fallback_detokenizer.load(artifact_dir / "tokenizer.json")
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def text_decoder(self) -> Callable[[int], str]:
-        if self.fast_detokenizer is not None:
-            return self.fast_detokenizer.stream()
-        from tokenizers.decoders import DecodeStream
-
-        stream = DecodeStream(skip_special_tokens=True)
-        return lambda token: stream.step(self.tokenizer, token) or ""
+        self.tokenizer = TokenizerJson(artifact_dir / "tokenizer.json")
+        self.encode, self.text_decoder = self.tokenizer.encode, self.tokenizer.text_decoder
 
     def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int) -> Iterator[int]:
         mx = self._mx

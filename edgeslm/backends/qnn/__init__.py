@@ -1,0 +1,1 @@
+"""Snapdragon NPU format: static-shape QDQ graphs compiled offline into QNN HTP context binaries."""

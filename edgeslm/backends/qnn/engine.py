@@ -1,0 +1,86 @@
+"""Device side of the QNN format: the compiled context binaries on the Hexagon NPU through the QNN EP.
+
+onnxruntime-genai's QNN pipeline expects its own graph split and cache layout, so the engine drives
+the two EPContext graphs itself (kv_cache_loop.py): the prompt in fixed chunks, then one token per
+decode call, the KV cache in host buffers of the compiled context length. The runtime's selection has
+already checked the SoC and the onnxruntime-qnn version against the manifest; the context is refused
+before generation when the prompt does not fit. On x86_64 (only with ``--artifact``) the same graphs
+run on the HTP simulator of onnxruntime-qnn, slowly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from ...errors import BundleError
+from ...runtime.generation import GenerationOptions
+from ...runtime.tokenizer_json import TokenizerJson
+from . import ep_sessions
+from .artifact_files import QnnArtifact
+
+if TYPE_CHECKING:
+    from ...bundle.manifest import Manifest
+    from ...runtime.host_probe import HostProfile
+    from ...runtime.selection import Candidate
+
+
+def pick_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
+    if options.greedy:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / options.temperature
+    order = np.argsort(-scaled)
+    if options.top_k:
+        order = order[:options.top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    if options.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), options.top_p) + 1)
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return int(order[rng.choice(len(order), p=probs)])
+
+
+class QnnEngine:
+    def __init__(self, artifact_dir: Path, soc: str, threads: int = 1):
+        self.artifact = QnnArtifact.open(artifact_dir)
+        entry = self.artifact.config["socs"].get(soc)
+        if entry is None:
+            raise BundleError(f"{artifact_dir} has no context binaries for {soc}")
+        self.soc = soc
+        try:
+            self.loop = self.artifact.loop(lambda p: ep_sessions.runner(ep_sessions.htp_session(
+                p, entry["soc_model"], entry["htp_arch"], threads=threads)), entry["prefill"], entry["decode"])
+        except BundleError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph errors
+            raise BundleError(f"the QNN HTP backend cannot load the {soc} context binaries: {exc}",
+                              hint="the binaries must match the device's SoC and onnxruntime-qnn version; "
+                                   "'edgeslm doctor' shows both") from None
+        self.tokenizer = TokenizerJson(artifact_dir / "tokenizer.json")
+        self.encode, self.text_decoder = self.tokenizer.encode, self.tokenizer.text_decoder
+
+    def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int) -> Iterator[int]:
+        rng = np.random.default_rng(options.seed)
+        limit = min(max_total_tokens, self.loop.context)
+        self.loop.reset()
+        logits = self.loop.prefill(list(prompt_ids))[-1]
+        produced = len(prompt_ids)
+        while produced < limit:
+            token = pick_token(logits, options, rng)
+            yield token
+            produced += 1
+            if produced >= limit:
+                break
+            logits = self.loop.decode(token)
+
+    def close(self) -> None:
+        self.loop = None
+
+
+def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+                threads: int | None = None) -> QnnEngine:
+    artifact = QnnArtifact.open(artifact_dir)
+    soc = artifact.soc_for(host.soc) or next(iter(artifact.config["socs"]))  # x86_64: the simulator takes any
+    return QnnEngine(artifact_dir, soc, threads or 1)

@@ -1,0 +1,74 @@
+"""Recipe options for the QNN format (Snapdragon Hexagon NPU, HTP backend)."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class SocParameters:
+    """How the QNN HTP compiler names one Snapdragon SoC.
+
+    soc_model: ``Qnn_SocModel_t`` value of the QNN SDK (QnnTypes.h), the ORT QNN EP's ``soc_model``.
+    htp_arch: Hexagon architecture version, the EP's ``htp_arch`` (this EP accepts 68, 69, 73, 75, 81).
+    device_ids: how hosts report the SoC (device-tree compatible, Android ``ro.soc.model``), lower case.
+    qai_hub_device: the Qualcomm AI Hub device name used by the optional cloud compiler.
+    """
+
+    soc_model: int
+    htp_arch: Literal[68, 69, 73, 75, 81]
+    device_ids: tuple[str, ...] = ()
+    qai_hub_device: str = ""
+
+
+def _default_socs() -> Mapping[str, SocParameters]:
+    return types.MappingProxyType({
+        "SC8380XP": SocParameters(60, 73, ("sc8380xp", "x1e80100", "x1e78100", "x1e001de"), "Snapdragon X Elite CRD"),
+        "SM8650": SocParameters(57, 75, ("sm8650", "pineapple"), "Samsung Galaxy S24 (Family)"),
+    })
+
+
+@dataclass(frozen=True)
+class QnnSettings:
+    """Options of the static-graph export, QDQ quantization and offline HTP compilation.
+
+    context_length: tokens the fixed KV cache holds (prompt + answer); the graphs are compiled for it.
+    prefill_chunk: prompt tokens per prefill graph call (the last chunk is padded).
+    weight_bits: 8 (per-channel int8) or 4 (per-channel int4) weights; activations are 16-bit.
+    calibration_sequences / calibration_decode_steps: how much of the calibration text is run through
+        the float graphs to record activation ranges (each sequence: two prefill chunks, then decode steps).
+    share_weights: one context binary for the prefill and decode graphs (``ep.share_ep_contexts``):
+        half the size, but onnxruntime-qnn cannot load such a binary on x86_64, so it is only checked
+        on a device; off by default.
+    ship_qdq_graphs: also put the portable QDQ graphs in the bundle (for devices whose SoC has no
+        binary, which can compile them on first load, and for quality checks off the device).
+    compiler: ``onnxruntime-qnn`` (offline, on this machine) or ``qai-hub`` (Qualcomm AI Hub, needs a token).
+    socs: SoCs to compile context binaries for, by Qualcomm part number.
+    """
+
+    context_length: int = 1024
+    prefill_chunk: int = 64
+    weight_bits: Literal[4, 8] = 8
+    calibration_sequences: int = 8
+    calibration_decode_steps: int = 16
+    share_weights: bool = False
+    ship_qdq_graphs: bool = True
+    compiler: Literal["onnxruntime-qnn", "qai-hub"] = "onnxruntime-qnn"
+    socs: Mapping[str, SocParameters] = field(default_factory=_default_socs)
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.prefill_chunk <= self.context_length:
+            raise ValueError("prefill_chunk must be between 16 and context_length")
+        if self.context_length > 4096:
+            raise ValueError("context_length must be at most 4096 (LongRoPE short factors are used)")
+        if self.calibration_sequences < 1 or self.calibration_decode_steps < 0:
+            raise ValueError("calibration_sequences must be >= 1 and calibration_decode_steps >= 0")
+        if not self.socs:
+            raise ValueError("socs must name at least one SoC")
+
+    def soc_for_host(self, host_soc: str) -> str | None:
+        wanted = host_soc.lower()
+        return next((name for name, p in self.socs.items() if wanted == name.lower() or wanted in p.device_ids), None)
