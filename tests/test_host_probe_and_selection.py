@@ -89,7 +89,9 @@ def fleet_manifest(built_bundle):
     m = read_manifest(built_bundle)
     cpu = m.artifacts[0]
     arts = (
-        _entry(cpu, "qnn-context", "qnn-context", ("arm64",), "onnxruntime-qnn", "2.7.0"),
+        dataclasses.replace(_entry(cpu, "qnn-context", "qnn-context", ("arm64",), "onnxruntime-qnn", "2.7.0"),
+                            details={"onnxruntime_qnn_version": "2.7.0", "qnn_sdk_version": "2.51.0",
+                                     "socs": {"SC8380XP": {"device_ids": ["sc8380xp", "x1e80100"]}}}),
         _entry(cpu, "openvino-int4", "openvino-int4", ("x86_64",), "openvino-genai", "2026.0"),
         _entry(cpu, "mlx", "mlx", ("arm64",), "mlx-lm", "0.20.0"),
         _entry(cpu, "onnx-int4-cuda", "onnx-int4-cuda", ("x86_64", "arm64"), "onnxruntime-genai-cuda", "0.18.0"),
