@@ -205,3 +205,22 @@ def test_manifest_quality_is_recorded(qnn_bundle):
     assert q.windows == 4 and q.window_tokens == 128 and math.isfinite(q.artifact)
     assert abs(q.relative_change) < 0.01
     assert json.loads((qnn_bundle / _art(qnn_bundle).path / "qnn_config.json").read_text())["compiled_with"]
+
+
+def test_sampling_options_of_the_qnn_engine():
+    from edgeslm.backends.qnn.engine import pick_token
+    from edgeslm.runtime.generation import GenerationOptions
+
+    logits = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
+    rng = np.random.default_rng(0)
+    assert pick_token(logits, GenerationOptions(), rng) == 1
+    assert {pick_token(logits, GenerationOptions(temperature=1.0, top_k=1), rng) for _ in range(20)} == {1}
+    assert {pick_token(logits, GenerationOptions(temperature=1.0, top_p=0.01), rng) for _ in range(20)} == {1}
+    both = {pick_token(logits, GenerationOptions(temperature=1.0, top_k=2), rng) for _ in range(200)}
+    assert both == {1, 2}
+
+    def draws(seed):
+        r = np.random.default_rng(seed)
+        return [pick_token(logits, GenerationOptions(temperature=1.5, seed=seed), r) for _ in range(30)]
+
+    assert draws(7) == draws(7) and len(set(draws(7))) > 1
