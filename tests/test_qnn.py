@@ -224,3 +224,59 @@ def test_sampling_options_of_the_qnn_engine():
         return [pick_token(logits, GenerationOptions(temperature=1.5, seed=seed), r) for _ in range(30)]
 
     assert draws(7) == draws(7) and len(set(draws(7))) > 1
+
+
+def test_qai_hub_compiler_submits_jobs_and_places_the_models(qnn_bundle, tmp_path, monkeypatch):
+    # Qualcomm AI Hub cannot be reached from here (no network, no token): this stand-in for the qai_hub
+    # client records the jobs it is given and "downloads" this build's own offline-compiled EPContext model
+    # and binary, so everything after the download (placing files, loading with the HTP backend) is real.
+    import shutil
+    import sys
+    import types
+
+    from edgeslm.backends.qnn import ep_sessions, qai_hub_compiler
+    from edgeslm.backends.qnn.exporter import QnnExporter
+    from edgeslm.backends.qnn.settings import QnnSettings
+
+    compiled = qnn_bundle / _art(qnn_bundle).path / "SC8380XP"
+    submitted: list[tuple] = []
+
+    class Job:
+        def __init__(self, kind, model, device, name, options=""):
+            self.job_id = f"j{len(submitted)}"
+            submitted.append((kind, Path(str(model)).name, device, options))
+
+        def get_target_model(self):
+            graph = submitted[-1][1].split(".")[0]
+
+            class Target:
+                def download(self, path):
+                    folder = Path(path)
+                    folder.mkdir()
+                    for name in (f"{graph}_ctx.onnx", f"{graph}_ctx_qnn.bin"):
+                        shutil.copy2(compiled / name, folder / name)
+                    return str(folder)
+
+            return Target()
+
+    ini = tmp_path / "client.ini"
+    ini.write_text("[api]\napi_token = test-token\napi_url = https://workbench.aihub.qualcomm.com\n")
+    fake = types.ModuleType("qai_hub")
+    fake.api_utils = types.SimpleNamespace(get_config_path=lambda: str(ini))
+    fake.Device = lambda name: f"device:{name}"
+    fake.submit_compile_job = lambda model, device, name, options: Job("compile", model, device, name, options)
+    fake.submit_profile_job = lambda model, device, name: Job("profile", "target", device, name)
+    monkeypatch.setitem(sys.modules, "qai_hub", fake)
+
+    assert qai_hub_compiler.check_ready() == ini
+    settings = QnnSettings(compiler="qai-hub", qai_hub_profile=True)
+    entry = QnnExporter._compile(qnn_bundle / _art(qnn_bundle).path / "qdq", tmp_path / "SC8380XP", "SC8380XP",
+                                 settings.socs["SC8380XP"], settings)
+    assert [s[0] for s in submitted] == ["compile", "profile", "compile", "profile"]
+    assert {s[2] for s in submitted} == {"device:Snapdragon X Elite CRD"}
+    assert submitted[0][1:] == ("prefill.onnx", "device:Snapdragon X Elite CRD", "--target_runtime precompiled_qnn_onnx")
+    assert entry["qai_hub_jobs"]["decode"] == {"compile_job": "j2", "profile_job": "j3"}
+    assert sorted(p.name for p in (tmp_path / "SC8380XP").iterdir()) == [
+        "decode_ctx.onnx", "decode_ctx_qnn.bin", "prefill_ctx.onnx", "prefill_ctx_qnn.bin"]
+    session = ep_sessions.htp_session(tmp_path / "SC8380XP" / "decode_ctx.onnx", *SOCS["SC8380XP"])
+    assert session.get_outputs()[0].name == "logits"

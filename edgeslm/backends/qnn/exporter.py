@@ -185,16 +185,21 @@ class QnnExporter:
     @staticmethod
     def _compile(qdq_dir: Path, out_dir: Path, name: str, soc: Any, settings: QnnSettings) -> dict[str, Any]:
         out_dir.mkdir()
+        hub_jobs = {}
         for index, graph in enumerate(GRAPHS):
             target = out_dir / f"{graph}_ctx.onnx"
             if settings.compiler == "qai-hub":
-                qai_hub_compiler.compile_on_hub(qdq_dir / f"{graph}.onnx", target, name, soc)
+                hub_jobs[graph] = qai_hub_compiler.compile_on_hub(qdq_dir / f"{graph}.onnx", target, name, soc,
+                                                                  profile=settings.qai_hub_profile)
             else:
                 ep_sessions.compile_context(qdq_dir / f"{graph}.onnx", target, soc.soc_model, soc.htp_arch,
                                             share=settings.share_weights, last_shared=index == len(GRAPHS) - 1)
         files = sorted(str(p.relative_to(out_dir.parent)) for p in out_dir.iterdir())
-        return {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "device_ids": list(soc.device_ids),
-                "prefill": f"{name}/prefill_ctx.onnx", "decode": f"{name}/decode_ctx.onnx", "files": files}
+        entry = {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "device_ids": list(soc.device_ids),
+                 "prefill": f"{name}/prefill_ctx.onnx", "decode": f"{name}/decode_ctx.onnx", "files": files}
+        if hub_jobs:
+            entry["qai_hub_jobs"] = hub_jobs
+        return entry
 
 
 def _shape(cfg: dict[str, Any]) -> dict[str, int]:

@@ -9,6 +9,7 @@ needs neither.
 from __future__ import annotations
 
 import configparser
+import shutil
 from pathlib import Path
 
 from ...errors import BackendMissingError, BuildError, UsageError
@@ -36,7 +37,8 @@ def check_ready() -> Path:
     return path
 
 
-def compile_on_hub(qdq_model: Path, out_model: Path, name: str, soc: SocParameters) -> Path:
+def compile_on_hub(qdq_model: Path, out_model: Path, name: str, soc: SocParameters,
+                   profile: bool = False) -> dict[str, str]:
     """Submit one compile job for ``soc``'s AI Hub device (``precompiled_qnn_onnx``: an EPContext ONNX model
     wrapping the QNN context binary, what the engine loads) and download it as ``out_model`` + its binary.
     Not exercised here (no token, no network); the offline path is the tested one."""
@@ -59,7 +61,13 @@ def compile_on_hub(qdq_model: Path, out_model: Path, name: str, soc: SocParamete
             if item.is_file() and item.suffix != ".onnx":
                 item.rename(out_model.parent / item.name)
         onnx_files[0].rename(out_model)
-        return out_model
+        if downloaded.is_dir():
+            shutil.rmtree(downloaded)
+        jobs = {"compile_job": str(job.job_id)}
+        if profile:
+            jobs["profile_job"] = str(hub.submit_profile_job(model=target, device=hub.Device(soc.qai_hub_device),
+                                                             name=f"edgeslm {qdq_model.stem}").job_id)
+        return jobs
     except (BuildError, UsageError):
         raise
     except Exception as exc:  # network, authentication, quota: the client raises its own types

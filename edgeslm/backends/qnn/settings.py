@@ -46,6 +46,8 @@ class QnnSettings:
     ship_qdq_graphs: also put the portable QDQ graphs in the bundle (for devices whose SoC has no
         binary, which can compile them on first load, and for quality checks off the device).
     compiler: ``onnxruntime-qnn`` (offline, on this machine) or ``qai-hub`` (Qualcomm AI Hub, needs a token).
+    qai_hub_profile: with the qai-hub compiler, also submit a profile job per compiled graph on the SoC's
+        AI Hub device (the job ids are recorded in the manifest; results are on AI Hub).
     socs: SoCs to compile context binaries for, by Qualcomm part number.
     """
 
@@ -57,6 +59,7 @@ class QnnSettings:
     share_weights: bool = False
     ship_qdq_graphs: bool = True
     compiler: Literal["onnxruntime-qnn", "qai-hub"] = "onnxruntime-qnn"
+    qai_hub_profile: bool = False
     socs: Mapping[str, SocParameters] = field(default_factory=_default_socs)
 
     def __post_init__(self) -> None:
