@@ -78,7 +78,8 @@ class SshTransport:
         except (EOFError, self._paramiko.SSHException, socket.error) as exc:
             if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, ConnectionError):
                 raise
-            raise SshError(f"the SSH connection was lost during {what}",
+            detail = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            raise SshError(f"the SSH connection was lost during {what} ({detail})",
                            hint="run the same flash again: it resumes where it stopped") from None
 
     def run(self, command: str, check: bool = True) -> str:
