@@ -117,6 +117,16 @@ def host_info() -> dict:
             "python": platform.python_version(), "packages": {p: ver(p) for p in PACKAGES}}
 
 
+def medians_by(runs: list[dict], field: str, keys: tuple[str, ...]) -> dict[str, dict]:
+    """Per value of ``runs[i][field]`` (successful runs only): the median of each key and the run count."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        if not run["rc"]:
+            groups.setdefault(run[field], []).append(run)
+    return {name: {**{k: statistics.median(r[k] for r in ok) for k in keys}, "runs": len(ok)}
+            for name, ok in groups.items()}
+
+
 def tree_size(root: Path) -> tuple[int, int]:
     files = [p for p in root.rglob("*") if p.is_file()]
     return sum(p.stat().st_size for p in files), len(files)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_full_size import failure_reason, host_info, measure, tree_size  # noqa: E402
+from build_full_size import failure_reason, host_info, measure, medians_by, tree_size  # noqa: E402
 
 import build_full_size  # noqa: E402
 
@@ -88,14 +88,8 @@ def main() -> None:
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="mlx-bench-"))
     runs = [one_run(kind, Path(args.model), work) for _ in range(args.repeats) for kind in ("anchor", "edgeslm")]
-    summary = {}
-    for kind in ("anchor", "edgeslm"):
-        ok = [r for r in runs if r["kind"] == kind and not r["rc"]]
-        if ok:
-            summary[kind] = {key: statistics.median(r[key] for r in ok)
-                             for key in ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "weights_bytes",
-                                         "total_bytes")}
-            summary[kind]["runs"] = len(ok)
+    summary = medians_by(runs, "kind", ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "weights_bytes",
+                                         "total_bytes"))
     if "anchor" in summary and "edgeslm" in summary:
         summary["ratio_edgeslm_over_anchor"] = {key: round(summary["edgeslm"][key] / summary["anchor"][key], 3)
                                                 for key in ("wall_s", "peak_rss_sampled_bytes", "weights_bytes")}

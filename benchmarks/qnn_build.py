@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import build_full_size  # noqa: E402
-from build_full_size import failure_reason, host_info, measure, tree_size  # noqa: E402
+from build_full_size import failure_reason, host_info, measure, medians_by, tree_size  # noqa: E402
 
 build_full_size.PACKAGES = ("edgeslm", "onnxruntime", "onnxruntime-qnn", "onnx", "torch")
 
@@ -78,7 +77,8 @@ def one_build(label: str, model: Path, work: Path, data: Path) -> dict:
         run = {"label": label, "command": cmd, **measure(cmd)}
     finally:
         os.environ.pop("EDGESLM_DATA_DIR", None)
-    stdout, stderr = run.pop("stdout"), run.pop("stderr")
+    run.pop("stdout")
+    stderr = run.pop("stderr")
     if run["rc"]:
         run.update(failed=failure_reason(run["rc"]), stderr_tail=stderr[-3000:])
         print(f"{label}: FAILED {run['failed']}", flush=True)
@@ -112,13 +112,7 @@ def main() -> None:
                    for n in args.layers.split(",")]
     runs = [one_build(label, model, work, data) for label, model in models
             for _ in range(args.repeats if label == "docs21m" else args.full_repeats)]
-    summary = {}
-    for label, _ in models:
-        ok = [r for r in runs if r["label"] == label and not r["rc"]]
-        if ok:
-            summary[label] = {k: statistics.median(r[k] for r in ok) for k in
-                              ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "artifact_bytes")}
-            summary[label]["runs"] = len(ok)
+    summary = medians_by(runs, "label", ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "artifact_bytes"))
     print(f"\n{'model':<16}{'wall s':>9}{'peak RSS GB':>13}{'artifact MB':>13}{'runs':>6}")
     for label, s in summary.items():
         print(f"{label:<16}{s['wall_s']:>9.1f}{s['peak_rss_sampled_bytes'] / 1e9:>13.2f}"

@@ -127,7 +127,7 @@ def test_engine_greedy_tokens_match_the_qdq_graphs_on_cpu(qnn_bundle):
 
     folder = qnn_bundle / _art(qnn_bundle).path
     prompt = token_windows(1, 40)[0]
-    engine = QnnEngine(folder, "SC8380XP")
+    engine = QnnEngine(QnnArtifact.open(folder), "SC8380XP")
     npu = list(engine.generate(prompt, GenerationOptions(), len(prompt) + 3))
     artifact = QnnArtifact.open(folder)
     loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p)), "qdq/prefill.onnx",

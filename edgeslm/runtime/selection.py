@@ -163,13 +163,21 @@ def _qnn_mismatch(art: Artifact, host: HostProfile, device: str, version: str) -
         return (f"context binaries were compiled with onnxruntime-qnn {compiled} (QNN SDK "
                 f"{details.get('qnn_sdk_version', '?')}); the installed {version} bundles another QNN SDK "
                 f"(pip install 'onnxruntime-qnn=={compiled}', or rebuild)")
-    if device == "npu":
-        socs = details.get("socs") or {}
-        soc = (host.soc or "").lower()
-        if not any(soc and (soc == name.lower() or soc in entry.get("device_ids", [])) for name, entry in socs.items()):
-            return (f"context binaries were compiled for {', '.join(socs) or 'no SoC'}; this device's SoC is "
-                    f"{host.soc or 'unknown'}")
+    socs = details.get("socs") or {}
+    if device == "npu" and compiled_soc(socs, host.soc) is None:
+        return (f"context binaries were compiled for {', '.join(socs) or 'no SoC'}; this device's SoC is "
+                f"{host.soc or 'unknown'}")
     return None
+
+
+def compiled_soc(socs: dict, host_soc: str | None) -> str | None:
+    """The SoC of a QNN artifact's ``socs`` table that the host's SoC name (Qualcomm part number or
+    device-tree id, any case) refers to."""
+    wanted = (host_soc or "").lower()
+    if not wanted:
+        return None
+    return next((name for name, entry in socs.items()
+                 if wanted == name.lower() or wanted in entry.get("device_ids", [])), None)
 
 
 def _installed(package: str, host: HostProfile) -> str | None:

@@ -30,14 +30,6 @@ class QnnArtifact:
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"{folder} is not a readable qnn-context artifact: {exc}") from None
 
-    def soc_for(self, host_soc: str | None) -> str | None:
-        """The compiled SoC matching the host's SoC name (Qualcomm part number or device-tree id)."""
-        wanted = (host_soc or "").lower()
-        for name, entry in self.config["socs"].items():
-            if wanted and (wanted == name.lower() or wanted in entry.get("device_ids", [])):
-                return name
-        return None
-
     def loop(self, make_runner: Callable[[Path], Runner], prefill: str, decode: str,
              record: dict | None = None) -> KvCacheLoop:
         c = self.config

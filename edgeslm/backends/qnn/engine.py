@@ -17,6 +17,7 @@ import numpy as np
 
 from ...errors import BundleError
 from ...runtime.generation import GenerationOptions
+from ...runtime.selection import compiled_soc
 from ...runtime.tokenizer_json import TokenizerJson
 from . import ep_sessions
 from .artifact_files import QnnArtifact
@@ -43,8 +44,9 @@ def pick_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Ge
 
 
 class QnnEngine:
-    def __init__(self, artifact_dir: Path, soc: str, threads: int = 1):
-        self.artifact = QnnArtifact.open(artifact_dir)
+    def __init__(self, artifact: QnnArtifact, soc: str, threads: int = 1):
+        self.artifact = artifact
+        artifact_dir = artifact.folder
         entry = self.artifact.config["socs"].get(soc)
         if entry is None:
             raise BundleError(f"{artifact_dir} has no context binaries for {soc}")
@@ -82,5 +84,6 @@ class QnnEngine:
 def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
                 threads: int | None = None) -> QnnEngine:
     artifact = QnnArtifact.open(artifact_dir)
-    soc = artifact.soc_for(host.soc) or next(iter(artifact.config["socs"]))  # x86_64: the simulator takes any
-    return QnnEngine(artifact_dir, soc, threads or 1)
+    socs = artifact.config["socs"]
+    soc = compiled_soc(socs, host.soc) or next(iter(socs))  # x86_64: the simulator accepts any SoC's binaries
+    return QnnEngine(artifact, soc, threads or 1)

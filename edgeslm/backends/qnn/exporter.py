@@ -27,7 +27,7 @@ from ...errors import UsageError
 from ...package_versions import version_of
 from ...progress import Progress
 from . import ep_sessions, qai_hub_compiler
-from .kv_cache_loop import KvCacheLoop
+from .kv_cache_loop import MASK_VALUE, KvCacheLoop
 from .qdq_quantization import quantize_graph
 from .rope_tables import rope_tables
 from .settings import QnnSettings
@@ -94,7 +94,7 @@ class QnnExporter:
                 shutil.copy2(job.source.path / name, job.out_dir / name)
         versions = ep_sessions.qnn_versions()
         qnn_config = {"graphs": {"prefill_tokens": settings.prefill_chunk, "decode_tokens": 1},
-                      "context_length": settings.context_length, "mask_value": -100.0, **shape,
+                      "context_length": settings.context_length, "mask_value": MASK_VALUE, **shape,
                       "socs": socs, "qdq": {g: f"qdq/{g}.onnx" for g in GRAPHS} if settings.ship_qdq_graphs else {},
                       "compiled_with": versions}
         (job.out_dir / "qnn_config.json").write_text(json.dumps(qnn_config, indent=2) + "\n", encoding="utf-8")

@@ -15,7 +15,7 @@ import numpy as np
 from ...runtime.generation import ContextLengthError
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
-MASK_VALUE = -100.0  # the value the graphs were calibrated with (static_decoder.MASK_VALUE)
+MASK_VALUE = -100.0  # not -inf: keeps the 16-bit activation scale of the attention scores fine
 
 
 class KvCacheLoop:

@@ -72,6 +72,3 @@ class QnnSettings:
         if not self.socs:
             raise ValueError("socs must name at least one SoC")
 
-    def soc_for_host(self, host_soc: str) -> str | None:
-        wanted = host_soc.lower()
-        return next((name for name, p in self.socs.items() if wanted == name.lower() or wanted in p.device_ids), None)

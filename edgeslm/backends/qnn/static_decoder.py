@@ -11,7 +11,8 @@ lookup stays on the host. Graph I/O (per graph, T = prefill chunk or 1, CTX = co
   outputs  logits [1,T,vocab], present_key_i / present_value_i [1,kv_heads,T,head_dim] (the new tokens
            only: the host writes them into its cache)
 
-The mask uses -100 rather than -inf so that the 16-bit activation scale of the scores stays fine.
+The host's mask (kv_cache_loop.MASK_VALUE) uses -100 rather than -inf so that the 16-bit activation
+scale of the scores stays fine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MASK_VALUE = -100.0
 
 
 def io_names(layers: int) -> tuple[list[str], list[str]]:
