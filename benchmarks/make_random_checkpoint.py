@@ -1,6 +1,6 @@
 """Build a full-size random-weight Hugging Face checkpoint of Phi-3.5-mini-instruct.
 
-The fixture folder ``../shared/fixtures/phi-3.5-mini-instruct`` holds the real config and tokenizer
+The fixture folder ``tests/fixtures/phi-3.5-mini-instruct`` holds the real config and tokenizer
 files but no weights. This script writes safetensors shards (~2 GB each) plus
 ``model.safetensors.index.json`` next to copies of those files, so that build time, peak memory,
 artifact size and decode speed can be measured at the real scale. Random weights say nothing about
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1].parent / "shared/fixtures/phi-3.5-mini-instruct"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "tests/fixtures/phi-3.5-mini-instruct"
 MARKER = ".edgeslm-random-checkpoint.json"
 INDEX = "model.safetensors.index.json"
 DTYPES = {"bfloat16": (torch.bfloat16, "BF16"), "float16": (torch.float16, "F16"), "float32": (torch.float32, "F32")}

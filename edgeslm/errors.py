@@ -66,6 +66,12 @@ class BuildError(EdgeslmError):
     exit_code = 6
 
 
+class QualityError(BuildError):
+    """An artifact's measured quality is worse than the recipe allows."""
+
+    exit_code = 11
+
+
 class OutputExistsError(EdgeslmError):
     """The output folder exists and --force was not given."""
 

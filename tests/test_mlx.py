@@ -34,17 +34,19 @@ def _export(settings, calibration: Path | None = None) -> tuple[Path, object]:
     from edgeslm.formats import FORMATS
     from edgeslm.progress import NullProgress
 
+    from edgeslm.build.text_windows import calibration_text
+
     out, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
     spec = FORMATS["mlx"]
     result = get_exporter(spec).export(ExportJob(load_source(str(DOCS_MODEL)), spec, settings, out, work, 4096,
-                                                 calibration), NullProgress())
+                                                 calibration_text(calibration, None, 0)), NullProgress())
     shutil.rmtree(work)
     return out, result
 
 
 def _mlx_perplexity(artifact_dir: Path, windows: list[list[int]]) -> float:
     from edgeslm.backends.mlx.scoring import window_nll
-    from edgeslm.build.quality import perplexity
+    from edgeslm.build.measured_quality import perplexity
 
     return perplexity(window_nll(artifact_dir, windows), windows)
 
@@ -156,7 +158,10 @@ def test_mlx_for_a_target_without_it(tmp_path, built_bundle):
     assert_clean_error(result, "mlx")
 
 
-def test_awq_without_calibration_text(tmp_path):
-    result = run_cli("build", "--target", "apple-silicon", "--model", str(DOCS_MODEL), "--out", str(tmp_path / "o"),
-                     "--set", "mlx.method=awq")
-    assert_clean_error(result, "awq", "--calibration-text")
+def test_awq_without_calibration_text_uses_the_builtin_one():
+    from edgeslm.backends.mlx.settings import MlxSettings
+
+    out, result = _export(MlxSettings(method="awq", awq_samples=2, awq_sequence_length=64, awq_grid=4))
+    assert result.quantization["algorithm"] == "awq"
+    assert result.quantization["calibration_text"] == "edgeslm:calibration.txt"
+    shutil.rmtree(out)

@@ -151,7 +151,6 @@ def test_intel_selection_gpu_cpu_and_fallback(ov_bundle):
 
 
 @pytest.mark.parametrize("setting, words", [
-    ("openvino-int4.awq=true", "need a calibration text"),
     ("openvino-int4.mode=int4_asym", "NPU needs symmetric int4"),
     ("openvino-int4.group_size=64", "group_size 128 or -1"),
     ("openvino-int4.ratio=0.8", "ratio = 1.0"),

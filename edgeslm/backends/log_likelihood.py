@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 
@@ -12,3 +14,8 @@ def nll_from_logits(logits: np.ndarray, targets: list[int]) -> float:
     log_z = np.log(np.exp(shifted).sum(axis=-1))
     picked = shifted[np.arange(len(targets)), targets]
     return float((log_z - picked).sum())
+
+
+def nll_per_window(window_logits: Iterable[np.ndarray], windows: list[list[int]]) -> list[float]:
+    """Summed NLL of tokens 1..n-1 of each window, from per-window logits of positions 0..n-2."""
+    return [nll_from_logits(logits, window[1:]) for window, logits in zip(windows, window_logits)]

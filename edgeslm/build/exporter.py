@@ -17,6 +17,7 @@ from ..errors import BackendMissingError, BuildError, DiskSpaceError, EdgeslmErr
 from ..formats import FormatSpec
 from ..progress import Progress
 from .source import SourceModel
+from .text_windows import BuildText
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,8 @@ class ExportJob:
     out_dir: Path  # empty folder the artifact is written into
     work_dir: Path  # scratch space, deleted after the build
     default_total_tokens: int  # planned context of the targets that use this artifact
-    calibration_text: Path | None = None  # for data-aware quantization (--calibration-text)
-    domain_text: Path | None = None  # the build's evaluation text: a calibration fallback for formats that need one
-    domain_skip_tokens: int = 0  # tokens of domain_text used for quality windows (calibrate after them)
+    calibration: BuildText  # for data-aware quantization: --calibration-text, else the --eval-text after its
+    # evaluation windows, else the built-in calibration text (text_windows.calibration_text)
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,9 @@ class Exporter(Protocol):
     def check_available(self) -> None:
         """Raise BackendMissingError naming the extra to install if a package is missing."""
 
-    def check_settings(self, settings: Any, calibration_text: Path | None) -> None:
-        """Raise UsageError for option combinations that cannot work, before any export starts."""
+    def check_settings(self, settings: Any, source: SourceModel) -> None:
+        """Raise UsageError for option combinations that cannot work with this source (layer widths that
+        the group size does not divide, ...), before any export starts."""
 
     def estimate_output_bytes(self, source: SourceModel, settings: Any) -> int:
         """Upper estimate of the artifact's size on disk, for the free-space check."""
@@ -62,8 +63,8 @@ class Exporter(Protocol):
 class Scorer(Protocol):
     """Scores token windows with an artifact (used for the manifest's measured quality)."""
 
-    def window_nll(self, artifact_dir: Path, windows: list[list[int]]) -> list[float]:
-        """Sum of negative log-likelihoods of tokens 1..n-1 of each window, in nats."""
+    def window_logits(self, artifact_dir: Path, windows: list[list[int]]) -> Iterator[Any]:
+        """Per window, the artifact's logits [n-1, vocab] for positions 0..n-2 (numpy)."""
 
 
 def require_modules(modules: tuple[str, ...], what: str, extra: str) -> None:

@@ -1,10 +1,12 @@
 """``edgeslm build``: targets + checkpoint + recipe → one verified bundle folder (and optional .tar).
 
 Order of work, cheapest checks first so bad input fails in seconds: targets and their formats →
-output folder → source checkpoint (headers, architecture) → recipe and overrides → free disk space
-→ exports (each format once, however many targets share it) → checksums → manifest → verify →
-rename into place. Everything is written in a temporary folder beside the destination; a failed
-build removes it and leaves any previous bundle untouched.
+output folder → source checkpoint (headers, architecture) → recipe and overrides → evaluation and
+calibration texts → free disk space → the source's quality reference → exports (each format once,
+however many targets share it), each scored against the reference → checksums → manifest → verify →
+rename into place. Everything is written in temporary folders beside the destination
+(``build_folders``); a failed build removes them, keeps only the converter logs, and leaves any
+previous bundle untouched.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,15 +29,17 @@ from ..bundle.pack import pack_bundle
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
-from ..errors import (BuildError, DiskSpaceError, FormatNotImplementedError, ModelSourceError, OutputExistsError,
-                      UsageError)
+from ..errors import (BuildError, DiskSpaceError, EdgeslmError, FormatNotImplementedError, ModelSourceError,
+                      OutputExistsError, UsageError)
 from ..formats import FORMATS, FormatSpec
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
+from .build_folders import BuildFolders, remove_stale
 from .exporter import ExportJob, ExportResult, get_exporter
+from .measured_quality import EvaluationPlan, QualityRequest, SourceReference, score_artifact
 from .model_identity import chat_info, model_info
-from .quality import QualityRequest, measure_quality
 from .source import SourceModel, locate, read_config, scan_weights
+from .text_windows import BuildText, calibration_text, evaluation_text
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
 
@@ -50,7 +53,7 @@ class BuildRequest:
     pack: bool = False
     recipe: str | None = None
     overrides: tuple[str, ...] = ()
-    quality: QualityRequest | None = None
+    quality: QualityRequest = QualityRequest()
     calibration_text: Path | None = None
 
 
@@ -109,58 +112,79 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
         source = scan_weights(model_path, hub_id, config, hash_progress=advance)
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
     settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
-    if request.calibration_text is not None and not Path(request.calibration_text).is_file():
-        raise UsageError(f"calibration text {request.calibration_text} does not exist")
     for spec in formats:
-        exporters[spec.name].check_settings(settings[spec.name], request.calibration_text)
+        exporters[spec.name].check_settings(settings[spec.name], source)
+    plan = _evaluation_plan(request.quality, recipe, source)
+    calibration = _calibration(request, plan)
     needed = sum(exporters[s.name].estimate_output_bytes(source, settings[s.name]) for s in formats)
     _check_free_space(out.parent, int(needed * 1.1))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    staging.chmod(0o755)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+    remove_stale(out)
+    folders = BuildFolders(out)
     try:
-        manifest = _build_into(staging, work, source, recipe, targets, formats, exporters, settings,
-                               request, progress, started)
+        manifest = _build_into(folders.staging, folders.work, source, recipe, targets, formats, exporters,
+                               settings, plan, calibration, progress, started)
         with progress.task("Verifying the bundle") as advance:
-            verify_bundle(staging, progress=advance).raise_for_problems()
-        _move_into_place(staging, out, request.force)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if exc.errno == 28:
-            raise DiskSpaceError(f"out of disk space while building into {out.parent}",
-                                 hint="free some space or pass --out on a larger disk") from None
-        raise BuildError(f"build failed: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _keep_only_logs(work)
+            verify_bundle(folders.staging, progress=advance).raise_for_problems()
+        _move_into_place(folders.staging, out, request.force)
+    except BaseException as exc:
+        kept = folders.failed()
+        if kept and isinstance(exc, EdgeslmError) and exc.hint:
+            exc.hint = exc.hint.replace(str(folders.work), str(kept))  # the logs the hint names moved
+        if isinstance(exc, OSError):
+            if exc.errno == 28:
+                raise DiskSpaceError(f"out of disk space while building into {out.parent}",
+                                     hint="free some space or pass --out on a larger disk") from None
+            raise BuildError(f"build failed: {exc}",
+                             hint=f"converter logs are in {kept}" if kept else None) from exc
         raise
-    shutil.rmtree(work, ignore_errors=True)
+    folders.succeeded()
     archive = pack_bundle(out, force=request.force) if request.pack else None
     return BuildResult(out, manifest, archive, time.monotonic() - started)
 
 
+def _evaluation_plan(request: QualityRequest, recipe: Recipe, source: SourceModel) -> EvaluationPlan | None:
+    """The windows every artifact is scored on (tokenized now, so a bad text fails before any export)."""
+    if request.skip:
+        return None
+    text = evaluation_text(request.text_path)
+    count = request.windows or recipe.quality.windows
+    length = request.window_tokens or recipe.quality.window_tokens
+    return EvaluationPlan(text, text.windows(source.path / "tokenizer.json", count, length), length,
+                          recipe.quality.max_perplexity_increase, request.allow_loss)
+
+
+def _calibration(request: BuildRequest, plan: EvaluationPlan | None) -> BuildText:
+    if request.calibration_text is not None and not Path(request.calibration_text).is_file():
+        raise UsageError(f"calibration text {request.calibration_text} does not exist")
+    user_eval = plan.text.path if plan and plan.text.origin == "--eval-text" else None
+    used = len(plan.windows) * plan.window_tokens if plan else 0
+    return calibration_text(request.calibration_text, user_eval, used)
+
+
 def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, targets: list[Target],
-                formats: list[FormatSpec], exporters: dict, settings: dict, request: BuildRequest,
-                progress: Progress, started: float) -> Manifest:
+                formats: list[FormatSpec], exporters: dict, settings: dict, plan: EvaluationPlan | None,
+                calibration: BuildText, progress: Progress, started: float) -> Manifest:
     chat = chat_info(source.path, recipe.stop_tokens)
     packages: dict[str, str] = {}
     artifacts = []
+    reference = None
+    if plan:
+        with progress.task(f"Source reference (fp32, layer by layer) on {len(plan.windows)}×{plan.window_tokens} "
+                           f"tokens of {plan.text.label}"):
+            reference = SourceReference.compute(source.path, source.config, plan, work)
     for spec in formats:
         art_dir = staging / "artifacts" / spec.name
         art_dir.mkdir(parents=True)
         default_total = max(t.planning.default_context_length for t in targets if spec.name in t.formats)
-        quality_request = request.quality
-        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, request.calibration_text,
-                        domain_text=quality_request.text_path if quality_request else None,
-                        domain_skip_tokens=quality_request.windows * quality_request.window_tokens
-                        if quality_request else 0)
+        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, calibration)
         result = exporters[spec.name].export(job, progress)
         packages.update(result.packages)
         quality = None
-        if request.quality:
-            quality = measure_quality(request.quality, source.path, spec, art_dir, progress)
+        if plan and reference:
+            with progress.task(f"{spec.name}: perplexity and KL against the source"):
+                quality = score_artifact(plan, reference, spec, art_dir)
         files = _hash_tree(staging, art_dir, progress, f"{spec.name}: checksums")
         artifacts.append(_artifact_entry(spec, result, files, default_total, quality))
     target_map = {t.name: TargetEntry(tuple(t.formats), t.planning.default_context_length) for t in targets}
@@ -182,9 +206,18 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
                         "python": platform.python_version()},
             duration_s=round(time.monotonic() - started, 2),
         ),
+        warnings=_warnings(plan, artifacts),
     )
     write_manifest(manifest, staging)
     return manifest
+
+
+def _warnings(plan: EvaluationPlan | None, artifacts: list[Artifact]) -> tuple[str, ...]:
+    if plan is None:
+        return ("quality not measured: built with --no-eval; no artifact was checked against its source",)
+    return tuple(f"{a.id}: perplexity {a.quality.relative_change:+.2%} against the source is over the recipe's "
+                 f"limit of +{a.quality.max_relative_change:.0%}; kept with --allow-quality-loss"
+                 for a in artifacts if a.quality and a.quality.allowed_loss)
 
 
 def _artifact_entry(spec: FormatSpec, result: ExportResult, files: tuple[FileEntry, ...], default_total: int,
@@ -247,16 +280,6 @@ def _move_into_place(staging: Path, out: Path, force: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(staging, out)
-
-
-def _keep_only_logs(work: Path) -> None:
-    logs = list(work.glob("*.log"))
-    if not logs:
-        shutil.rmtree(work, ignore_errors=True)
-        return
-    for child in work.iterdir():
-        if child.suffix != ".log":
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def _slug(text: str) -> str:

@@ -16,8 +16,8 @@ from ..config.strict import parse, to_plain
 from ..errors import BundleError, ConfigError
 
 SCHEMA = "edgeslm-bundle"
-SCHEMA_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # 2 added Quality's KL/limit fields and Manifest.warnings (all optional)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -86,12 +86,17 @@ class MemoryNeeds:
 @dataclass(frozen=True)
 class Quality:
     metric: str  # "perplexity"
-    dataset: str
+    dataset: str  # the evaluation text: a file name, or "edgeslm:evaluation.txt" for the built-in one
     windows: int
     window_tokens: int
     source: float
     artifact: float
     relative_change: float  # (artifact - source) / source
+    dataset_sha256: str = ""
+    kl_divergence: float | None = None  # mean per predicted token of KL(source || artifact), nats
+    max_relative_change: float | None = None  # the recipe's limit the build checked
+    within_limit: bool = True
+    allowed_loss: bool = False  # over the limit, kept with --allow-quality-loss
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,7 @@ class Manifest:
     targets: dict[str, TargetEntry]
     provenance: Provenance
     shared_files: tuple[FileEntry, ...] = ()
+    warnings: tuple[str, ...] = ()  # e.g. quality not measured (--no-eval)
 
     def artifact(self, artifact_id: str) -> Artifact:
         for art in self.artifacts:

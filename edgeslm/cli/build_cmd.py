@@ -22,29 +22,42 @@ from .output import echo_json, human_bytes
 @click.option("--set", "overrides", multiple=True, metavar="[FORMAT.]KEY=VALUE",
               help="Override a recipe setting, typed and validated, e.g. --set onnx-int4-cpu.block_size=64.")
 @click.option("--eval-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Measure perplexity of every artifact against the source on this text; recorded in the manifest.")
-@click.option("--eval-windows", type=click.IntRange(1, 1024), default=16, show_default=True)
-@click.option("--eval-window-tokens", type=click.IntRange(16, 8192), default=512, show_default=True)
+              help="Text every artifact's perplexity and KL are measured on against the source "
+                   "[default: edgeslm's built-in WikiText-2 slice].")
+@click.option("--eval-windows", type=click.IntRange(1, 1024), default=None,
+              help="Evaluation windows [default: the recipe's, 4].")
+@click.option("--eval-window-tokens", type=click.IntRange(16, 8192), default=None,
+              help="Tokens per evaluation window [default: the recipe's, 512].")
+@click.option("--no-eval", is_flag=True, help="Skip the quality measurement (the manifest says so).")
+@click.option("--allow-quality-loss", is_flag=True,
+              help="Keep artifacts whose perplexity is over the recipe's limit (the manifest records it).")
 @click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Text for data-aware quantization (AWQ, scale estimation, GPTQ) where the recipe asks for it.")
+              help="Text for data-aware quantization (QNN activation ranges, AWQ, scale estimation, GPTQ) "
+                   "[default: the --eval-text after its windows, else edgeslm's built-in calibration text].")
 @click.option("--qnn-compiler", type=click.Choice(["onnxruntime-qnn", "qai-hub"]), default=None,
               help="Who compiles Snapdragon NPU context binaries: onnxruntime-qnn offline (default) or Qualcomm "
                    "AI Hub (needs an API token).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          calibration_text, qnn_compiler, as_json) -> None:
+          no_eval, allow_quality_loss, calibration_text, qnn_compiler, as_json) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
+    from ..build.measured_quality import QualityRequest
     from ..build.pipeline import BuildRequest, build_bundle
-    from ..build.quality import QualityRequest
     from .rich_progress import RichProgress
+    from .termination import terminate_as_interrupt
 
-    quality = QualityRequest(eval_text, eval_windows, eval_window_tokens) if eval_text else None
+    if no_eval and (eval_text or eval_windows or eval_window_tokens):
+        raise click.UsageError("--no-eval cannot be combined with --eval-text/--eval-windows/--eval-window-tokens")
+    terminate_as_interrupt()
+    quality = QualityRequest(eval_text, eval_windows, eval_window_tokens, allow_quality_loss, no_eval)
     if qnn_compiler:
         overrides = (*overrides, f"qnn-context.compiler={qnn_compiler}")
     request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
                            calibration_text)
     with RichProgress(quiet=as_json) as progress:
         result = build_bundle(request, progress)
+    for warning in result.manifest.warnings:
+        click.echo(f"edgeslm: warning: {warning}", err=True)
     if as_json:
         echo_json({"bundle": str(result.bundle), "archive": str(result.archive) if result.archive else None,
                    "seconds": round(result.seconds, 2), "bundle_id": result.manifest.bundle_id,
@@ -57,6 +70,8 @@ def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_w
         if art.quality:
             q = art.quality
             line += f", perplexity {q.artifact:.3f} vs source {q.source:.3f} ({q.relative_change:+.2%})"
+            if q.kl_divergence is not None:
+                line += f", KL {q.kl_divergence:.4f} nats/token"
         click.echo(line)
     if result.archive:
         click.echo(f"packed {result.archive}")

@@ -24,6 +24,26 @@ from .strict import convert, parse, read_toml, to_plain
 
 
 @dataclass(frozen=True)
+class QualitySettings:
+    """The recipe's ``[quality]`` table: how every build measures its artifacts against the source.
+
+    max_perplexity_increase: relative perplexity increase over the source that fails the build.
+    windows / window_tokens: the evaluation windows (the source reference costs about
+        2 x parameters x windows x window_tokens FLOPs in float32).
+    """
+
+    max_perplexity_increase: float = 0.05
+    windows: int = 4
+    window_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if self.max_perplexity_increase < 0:
+            raise ValueError("max_perplexity_increase must be >= 0")
+        if self.windows < 1 or self.window_tokens < 16:
+            raise ValueError("windows must be >= 1 and window_tokens >= 16")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -32,6 +52,7 @@ class Recipe:
     model_types: tuple[str, ...]
     stop_tokens: tuple[str, ...]
     formats: Mapping[str, Any]  # format name -> settings dataclass instance
+    quality: QualitySettings = QualitySettings()
     source_file: str = ""
 
     def settings_for(self, fmt: str) -> Any:
@@ -55,6 +76,7 @@ class _RecipeFile:
     model_types: tuple[str, ...]
     stop_tokens: tuple[str, ...]
     formats: Mapping[str, Mapping[str, Any]]
+    quality: QualitySettings = QualitySettings()
 
 
 def load_recipe_file(path: Path) -> Recipe:
@@ -73,7 +95,7 @@ def load_recipe_file(path: Path) -> Recipe:
                               f"({spec.planned_in}); remove the table until it is")
         formats[fmt] = parse(spec.settings_class(), dict(table), where, f"formats.{fmt}")
     return Recipe(raw.name, raw.description, raw.default_model, raw.architectures, raw.model_types,
-                  raw.stop_tokens, MappingProxyType(formats), str(path))
+                  raw.stop_tokens, MappingProxyType(formats), raw.quality, str(path))
 
 
 def all_recipes(directory: Path | None = None) -> dict[str, Recipe]:

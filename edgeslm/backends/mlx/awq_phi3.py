@@ -9,10 +9,8 @@ layers without a map entry. ``qkv_proj`` is not clipped (query/key clipping hurt
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from ...errors import UsageError
 
 
 def phi3_awq_config() -> Any:
@@ -27,22 +25,6 @@ def phi3_awq_config() -> Any:
             ScaleConfig(block="mlp", prev="post_attention_layernorm", layers=["gate_up_proj"]),
         ],
     )
-
-
-def calibration_windows(tokenizer_json: Path, text_path: Path, samples: int, length: int) -> list[list[int]]:
-    """Up to ``samples`` consecutive windows of ``length`` tokens from the calibration text."""
-    from tokenizers import Tokenizer
-
-    try:
-        text = text_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the calibration text {text_path}: {exc}") from None
-    ids = Tokenizer.from_file(str(tokenizer_json)).encode(text, add_special_tokens=False).ids
-    windows = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:samples]
-    if not windows:
-        raise UsageError(f"the calibration text {text_path} has {len(ids)} tokens, fewer than one window of "
-                         f"{length}", hint="give a longer text or lower awq_sequence_length")
-    return windows
 
 
 def awq_quantize_phi3(model: Any, windows: list[list[int]], bits: int, group_size: int, grid: int) -> None:

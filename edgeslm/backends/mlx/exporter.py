@@ -19,7 +19,7 @@ from ...errors import BuildError, UsageError
 from ...package_versions import version_of
 from ...progress import Progress
 from . import longrope
-from .awq_phi3 import awq_quantize_phi3, calibration_windows
+from .awq_phi3 import awq_quantize_phi3
 from .model_loading import metal_available
 from .settings import MlxSettings
 from .weight_inspection import quantized_layers
@@ -33,8 +33,8 @@ class MlxExporter:
     def check_available(self) -> None:
         require_modules(self.modules, "the MLX exporter", "build-mlx")
 
-    def check_settings(self, settings: MlxSettings, calibration_text: Path | None) -> None:
-        problems = settings.problems(calibration_text is not None)
+    def check_settings(self, settings: MlxSettings, source: SourceModel) -> None:
+        problems = settings.problems(source.config)
         if problems:
             raise UsageError(f"mlx settings cannot work: {'; '.join(problems)}")
 
@@ -45,11 +45,11 @@ class MlxExporter:
     def export(self, job: ExportJob, progress: Progress) -> ExportResult:
         settings: MlxSettings = job.settings
         self.check_available()
-        self.check_settings(settings, job.calibration_text)
+        self.check_settings(settings, job.source)
         windows = None
         if settings.method == "awq":
-            windows = calibration_windows(job.source.path / "tokenizer.json", Path(job.calibration_text),
-                                          settings.awq_samples, settings.awq_sequence_length)
+            windows = job.calibration.sequences(job.source.path / "tokenizer.json", settings.awq_samples,
+                                                settings.awq_sequence_length)
         log_path = job.work_dir / f"{job.fmt.name}-convert.log"
         dtype = self._dtype(settings, job.source.config)
         title = (f"{job.fmt.name}: {settings.bits}-bit {'AWQ' if windows else 'quantization'} "
@@ -73,7 +73,7 @@ class MlxExporter:
         return ExportResult(
             quantization={**asdict(settings), "method": f"mlx-lm affine, {settings.method}", "algorithm": settings.method,
                           "dtype": dtype, "mode": config["quantization"].get("mode", "affine"),
-                          "calibration_text": str(job.calibration_text or "") if windows else "",
+                          "calibration_text": job.calibration.label if windows else "",
                           "quantized_layers": len(written["layers"]),
                           "bits_histogram": written["bits_histogram"]},
             max_total_tokens=max_total,

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ..log_likelihood import nll_from_logits
+from ..log_likelihood import nll_per_window
 
 
-def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:
     import mlx.core as mx
 
     from .model_loading import load_mlx_model
 
     model = load_mlx_model(artifact_dir)
-    totals = []
     for window in windows:
         logits = model(mx.array([window]))[0, :-1].astype(mx.float32)
-        totals.append(nll_from_logits(np.array(logits), window[1:]))
-    return totals
+        yield np.array(logits)
+
+
+def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+    return nll_per_window(window_logits(artifact_dir, windows), windows)

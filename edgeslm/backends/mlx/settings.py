@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from ...build.layer_widths import group_size_problem
 
 
 @dataclass(frozen=True)
@@ -13,8 +16,8 @@ class MlxSettings:
     bits: weight bits of the quantized Linear and Embedding layers (4 or 8).
     group_size: quantization group along the input dimension (mlx-lm's default is 64).
     method: ``rtn`` (round to nearest, mlx-lm's ``convert -q``) or ``awq`` (activation-aware
-        scaling and clipping, mlx-lm's AWQ with a Phi-3 layer map from edgeslm); awq needs a
-        calibration text (``--calibration-text``).
+        scaling and clipping, mlx-lm's AWQ with a Phi-3 layer map from edgeslm); awq calibrates on
+        the build's calibration text (``--calibration-text``, by default edgeslm's built-in text).
     dtype: precision of the unquantized tensors (norms, scales): ``auto`` keeps the checkpoint's.
     awq_samples / awq_sequence_length: how many token windows of the calibration text AWQ runs on.
     awq_grid: points of AWQ's scale and clip search (mlx-lm uses 20).
@@ -32,7 +35,8 @@ class MlxSettings:
         if self.awq_samples < 1 or self.awq_sequence_length < 16 or self.awq_grid < 2:
             raise ValueError("awq_samples must be >= 1, awq_sequence_length >= 16 and awq_grid >= 2")
 
-    def problems(self, has_calibration_text: bool) -> list[str]:
-        if self.method == "awq" and not has_calibration_text:
-            return ["method = awq needs a calibration text (--calibration-text FILE)"]
-        return []
+    def problems(self, config: dict[str, Any]) -> list[str]:
+        """Settings that cannot work for this checkpoint's layer widths."""
+        groups = typing.get_args(typing.get_type_hints(MlxSettings)["group_size"])
+        problem = group_size_problem(config, self.group_size, "mlx", groups)
+        return [problem] if problem else []

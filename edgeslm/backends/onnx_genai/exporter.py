@@ -29,7 +29,7 @@ class OnnxGenaiExporter:
     def check_available(self) -> None:
         require_modules(self.packages, "the ONNX exporter", "build-onnx")
 
-    def check_settings(self, settings: OnnxSettings, calibration_text: Path | None) -> None:
+    def check_settings(self, settings: OnnxSettings, source: SourceModel) -> None:
         return None  # every combination of the typed settings is valid for the builder
 
     def estimate_output_bytes(self, source: SourceModel, settings: OnnxSettings) -> int:

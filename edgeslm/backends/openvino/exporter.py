@@ -14,6 +14,7 @@ from pathlib import Path
 from ...build.captured_output import captured_output
 from ...build.exporter import ExportJob, ExportResult, require_modules
 from ...build.source import SourceModel
+from ...build.text_windows import BuildText
 from ...errors import BackendMissingError, BuildError, UsageError
 from ...package_versions import version_of
 from ...progress import Progress
@@ -29,8 +30,8 @@ class OpenVinoExporter:
     def check_available(self) -> None:
         require_modules(self.modules, "the OpenVINO exporter", "build-openvino")
 
-    def check_settings(self, settings: OpenVinoSettings, calibration_text: Path | None) -> None:
-        problems = settings.problems(calibration_text is not None or bool(settings.calibration_text))
+    def check_settings(self, settings: OpenVinoSettings, source: SourceModel) -> None:
+        problems = settings.problems(source.config)
         if problems:
             raise UsageError(f"openvino-int4 settings cannot work: {'; '.join(problems)}")
 
@@ -42,7 +43,7 @@ class OpenVinoExporter:
         settings: OpenVinoSettings = job.settings
         self.check_available()
         calibration = _calibration_texts(job, settings)
-        self.check_settings(settings, job.calibration_text)
+        self.check_settings(settings, job.source)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
         src = str(job.source.path)
         with progress.task(f"{job.fmt.name}: export to OpenVINO IR and compress weights (NNCF)"):
@@ -77,7 +78,7 @@ class OpenVinoExporter:
         npu_total = settings.npu_max_prompt_len + settings.npu_min_response_len
         return ExportResult(
             quantization={"method": "NNCF weight compression", **asdict(settings),
-                          "calibration_text": str(job.calibration_text or settings.calibration_text or ""),
+                          "calibration_text": _calibration_source(job, settings).label if calibration else "",
                           "ir_weights": stats},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
@@ -92,7 +93,7 @@ class OpenVinoExporter:
                                            "min_response_tokens": settings.npu_min_response_len}},
                 "npu_properties": {"MAX_PROMPT_LEN": settings.npu_max_prompt_len,
                                    "MIN_RESPONSE_LEN": settings.npu_min_response_len},
-                "npu_suitable": not settings.problems(True) if "NPU" in settings.devices else False,
+                "npu_suitable": not settings.problems(job.source.config) if "NPU" in settings.devices else False,
                 "openvino_version": version_of("openvino") or "",
                 "model_xml": "openvino_model.xml",
             },
@@ -102,19 +103,22 @@ class OpenVinoExporter:
         )
 
 
+def _calibration_source(job: ExportJob, settings: OpenVinoSettings) -> BuildText:
+    """--calibration-text, else the recipe's calibration_text, else the build's default choice."""
+    if settings.calibration_text and job.calibration.origin != "--calibration-text":
+        return BuildText(Path(settings.calibration_text), "recipe calibration_text")
+    return job.calibration
+
+
 def _calibration_texts(job: ExportJob, settings: OpenVinoSettings) -> list[str] | None:
     if not settings.data_aware:
         return None
-    path = job.calibration_text or (Path(settings.calibration_text) if settings.calibration_text else None)
-    if path is None:
-        return None  # check_settings reports it
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the calibration text {path}: {exc}") from None
+    source = _calibration_source(job, settings)
+    text = source.text_after_skip(job.source.path / "tokenizer.json")
     chunks = [c.strip() for c in text.split("\n\n") if len(c.strip()) > 200]
     if len(chunks) < settings.calibration_samples // 4 or not chunks:
-        raise UsageError(f"the calibration text {path} has only {len(chunks)} usable paragraphs",
+        raise UsageError(f"the calibration text {source.path} ({source.origin}) has only {len(chunks)} usable "
+                         "paragraphs",
                          hint="give a longer text or lower calibration_samples")
     return chunks[: settings.calibration_samples]
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ..log_likelihood import nll_from_logits
+from ..log_likelihood import nll_per_window
 
 
-def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(artifact_dir / "openvino_model.xml"), "CPU")
     names = {port.get_any_name() for port in compiled.inputs}
-    totals = []
     for window in windows:
         request = compiled.create_infer_request()
         request.reset_state()
@@ -26,6 +26,8 @@ def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
         if "beam_idx" in names:
             feeds["beam_idx"] = np.zeros((1,), dtype=np.int32)
         request.infer(feeds)
-        logits = np.asarray(request.get_tensor("logits").data, dtype=np.float64)[0, :-1]
-        totals.append(nll_from_logits(logits, window[1:]))
-    return totals
+        yield np.array(request.get_tensor("logits").data, dtype=np.float32)[0, :-1]
+
+
+def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
+    return nll_per_window(window_logits(artifact_dir, windows), windows)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from ...build.layer_widths import group_size_problem
 
 NPU_GROUP_SIZES = (128, -1)
 
@@ -16,8 +19,8 @@ class OpenVinoSettings:
     group_size: quantization group along the input dimension; -1 is channel-wise.
     ratio: share of the layers in ``mode``; the rest use ``backup_precision`` (NPU needs 1.0).
     backup_precision: format of the layers not in ``mode`` (embeddings/lm_head when ratio < 1).
-    awq, scale_estimation, gptq: data-aware methods; they need a calibration text
-        (``calibration_text`` here, or ``--calibration-text`` at build time).
+    awq, scale_estimation, gptq: data-aware methods; they calibrate on ``--calibration-text``, else
+        ``calibration_text`` here, else the build's default (edgeslm's built-in calibration text).
     calibration_samples: how many text chunks NNCF calibrates on.
     devices: the OpenVINO devices the IR is meant for, best first (recorded in the manifest).
     npu_max_prompt_len / npu_min_response_len: the static shapes the NPU pipeline is compiled for.
@@ -56,13 +59,14 @@ class OpenVinoSettings:
     def data_aware(self) -> bool:
         return self.awq or self.scale_estimation or self.gptq
 
-    def problems(self, has_calibration_text: bool) -> list[str]:
-        """Option combinations that cannot work (checked before any export starts)."""
+    def problems(self, config: dict[str, Any]) -> list[str]:
+        """Option combinations that cannot work for this checkpoint (checked before any export starts)."""
         found = []
-        if self.data_aware and not has_calibration_text:
-            methods = [m for m, on in (("awq", self.awq), ("scale_estimation", self.scale_estimation),
-                                       ("gptq", self.gptq)) if on]
-            found.append(f"{', '.join(methods)} need a calibration text (--calibration-text FILE)")
+        groups = NPU_GROUP_SIZES if "NPU" in self.devices else typing.get_args(
+            typing.get_type_hints(OpenVinoSettings)["group_size"])
+        problem = group_size_problem(config, self.group_size, "openvino-int4", groups)
+        if problem:
+            found.append(problem)
         if self.bits == 8 and (self.data_aware or self.group_size != -1):
             found.append("int8 modes are channel-wise and data-free: use group_size = -1 and no awq/"
                          "scale_estimation/gptq")

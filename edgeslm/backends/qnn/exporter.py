@@ -42,7 +42,7 @@ class QnnExporter:
     def check_available(self) -> None:
         require_modules(self.modules, "the QNN exporter", "build-qnn")
 
-    def check_settings(self, settings: QnnSettings, calibration_text: Path | None) -> None:
+    def check_settings(self, settings: QnnSettings, source: SourceModel) -> None:
         if settings.compiler == "qai-hub":
             qai_hub_compiler.check_ready()
 
@@ -54,7 +54,7 @@ class QnnExporter:
     def export(self, job: ExportJob, progress: Progress) -> ExportResult:
         settings: QnnSettings = job.settings
         self.check_available()
-        self.check_settings(settings, job.calibration_text)
+        self.check_settings(settings, job.source)
         cfg = job.source.config
         if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0 or cfg.get("model_type") != "phi3":
             raise UsageError("qnn-context supports Phi-3 decoders with full rotary embeddings only")
@@ -104,7 +104,7 @@ class QnnExporter:
         return ExportResult(
             quantization={"method": "QDQ static (onnxruntime QNN config), MinMax calibration",
                           "activations": "uint16", "weights": f"int{settings.weight_bits} symmetric per-channel",
-                          "calibration_text": str(job.calibration_text or job.domain_text or ""),
+                          "calibration_text": job.calibration.label, "calibration_origin": job.calibration.origin,
                           "calibration_tokens": int(sum(len(s) for s in calibration_ids)),
                           **to_plain(settings)},
             max_total_tokens=settings.context_length,
@@ -125,27 +125,9 @@ class QnnExporter:
 
     @staticmethod
     def _calibration_ids(job: ExportJob, settings: QnnSettings) -> list[list[int]]:
-        """Token sequences of the calibration text; by default the build's evaluation text after the windows
-        used to measure quality (so the measurement is not on calibration data)."""
-        from tokenizers import Tokenizer
-
-        path, skip = (job.calibration_text, 0) if job.calibration_text else (job.domain_text, job.domain_skip_tokens)
-        if path is None:
-            raise UsageError("qnn-context needs text to calibrate activation ranges",
-                             hint="pass --calibration-text FILE (or --eval-text FILE: a slice after its evaluation "
-                                  "windows is used)")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the calibration text {path}: {exc}") from None
-        ids = Tokenizer.from_file(str(job.source.path / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-        ids = ids[skip:]
+        """Token sequences of the build's calibration text (never the evaluation windows)."""
         length = min(2 * settings.prefill_chunk + settings.calibration_decode_steps, settings.context_length)
-        sequences = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:settings.calibration_sequences]
-        if not sequences:
-            raise UsageError(f"the calibration text {path} has too few tokens ({len(ids)} after the evaluation "
-                             f"windows) for one sequence of {length}", hint="give a longer --calibration-text")
-        return sequences
+        return job.calibration.sequences(job.source.path / "tokenizer.json", settings.calibration_sequences, length)
 
     @staticmethod
     def _export_float(job: ExportJob, settings: QnnSettings, float_dir: Path) -> np.ndarray:

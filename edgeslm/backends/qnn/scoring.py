@@ -9,13 +9,17 @@ compiled graphs run on the HTP backend (the simulator on x86_64).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
-from ..log_likelihood import nll_from_logits
+import numpy as np
+
+from ..log_likelihood import nll_per_window
 from . import ep_sessions
 from .artifact_files import QnnArtifact
 
 
-def window_nll(artifact_dir: Path, windows: list[list[int]], on_htp: bool = False, soc: str | None = None) -> list[float]:
+def window_logits(artifact_dir: Path, windows: list[list[int]], on_htp: bool = False,
+                  soc: str | None = None) -> Iterator[np.ndarray]:
     artifact = QnnArtifact.open(artifact_dir)
     if artifact.config.get("qdq") and not on_htp:
         loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p, 2)),
@@ -24,8 +28,10 @@ def window_nll(artifact_dir: Path, windows: list[list[int]], on_htp: bool = Fals
         entry = artifact.config["socs"][soc or next(iter(artifact.config["socs"]))]
         loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.htp_session(
             p, entry["soc_model"], entry["htp_arch"], threads=2)), entry["prefill"], entry["decode"])
-    totals = []
     for window in windows:
         loop.reset()
-        totals.append(nll_from_logits(loop.prefill(window)[:-1], window[1:]))
-    return totals
+        yield loop.prefill(window)[:-1]
+
+
+def window_nll(artifact_dir: Path, windows: list[list[int]], on_htp: bool = False, soc: str | None = None) -> list[float]:
+    return nll_per_window(window_logits(artifact_dir, windows, on_htp, soc), windows)

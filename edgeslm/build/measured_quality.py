@@ -1,0 +1,116 @@
+"""Measured quality: every artifact scored against its source checkpoint on the same token windows.
+
+Never trust a converter. Before any export the build computes the source's reference on a few windows
+of the evaluation text (by default the built-in WikiText-2 slice, 4 windows of 512 tokens): its
+summed NLL per window and its log-probabilities, which are kept in memory-mapped files in the build's
+work folder. The reference is computed in float32 one decoder layer at a time from the memory-mapped
+checkpoint (``reference_logits``), so it stays far below the exporters' memory peak even at 3.8B.
+Each artifact is then scored by its backend's engine on the same windows, which yields perplexity and
+the mean per-token KL divergence KL(source ‖ artifact). A perplexity more than the recipe's threshold
+above the source fails the build unless ``--allow-quality-loss`` lets it through (and says so in the
+manifest).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..bundle.manifest import Quality
+from ..errors import QualityError
+from ..formats import FormatSpec
+from .text_windows import BuildText
+
+
+@dataclass(frozen=True)
+class QualityRequest:
+    """What the command line asks for; ``None`` fields take the recipe's ``[quality]`` values."""
+
+    text_path: Path | None = None  # None: the built-in evaluation text
+    windows: int | None = None
+    window_tokens: int | None = None
+    allow_loss: bool = False
+    skip: bool = False  # --no-eval
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    text: BuildText
+    windows: list[list[int]]
+    window_tokens: int
+    max_increase: float  # relative perplexity increase that fails the build
+    allow_loss: bool
+
+    @property
+    def predicted_tokens(self) -> int:
+        return sum(len(w) - 1 for w in self.windows)
+
+
+def perplexity(nll_sums: list[float], windows: list[list[int]]) -> float:
+    return math.exp(sum(nll_sums) / sum(len(w) - 1 for w in windows))
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+class SourceReference:
+    """The source model's NLL per window and log-probabilities (float32, on disk) on the plan's windows."""
+
+    def __init__(self, nll: list[float], logprob_files: list[Path]):
+        self.nll = nll
+        self.logprob_files = logprob_files
+
+    @classmethod
+    def compute(cls, model_dir: Path, config: dict, plan: EvaluationPlan, work_dir: Path) -> "SourceReference":
+        from .reference_logits import reference_logits
+
+        nll, files = [], []
+        for index, (window, logits) in enumerate(zip(plan.windows, reference_logits(model_dir, config, plan.windows))):
+            logprobs = log_softmax(logits[:-1])
+            nll.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].sum()))
+            path = work_dir / f"reference-window-{index}.npy"
+            np.save(path, logprobs.astype(np.float32))
+            files.append(path)
+        return cls(nll, files)
+
+    def logprobs(self, index: int) -> np.ndarray:
+        return np.load(self.logprob_files[index], mmap_mode="r")
+
+
+def artifact_logits(fmt: FormatSpec, artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:
+    """Per window, the artifact's logits for positions 0..n-2 (its backend's ``scoring.window_logits``)."""
+    scoring = importlib.import_module(f"edgeslm.backends.{fmt.backend}.scoring")
+    return scoring.window_logits(artifact_dir, windows)
+
+
+def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: FormatSpec, artifact_dir: Path) -> Quality:
+    """Perplexity and KL of the artifact next to the source's; raises QualityError over the threshold."""
+    nll, kl_sum = [], 0.0
+    for index, (window, logits) in enumerate(zip(plan.windows, artifact_logits(fmt, artifact_dir, plan.windows))):
+        logprobs = log_softmax(np.asarray(logits)[:len(window) - 1])
+        nll.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].sum()))
+        source = np.asarray(reference.logprobs(index), dtype=np.float64)
+        kl_sum += float((np.exp(source) * (source - logprobs)).sum())
+    source_ppl = perplexity(reference.nll, plan.windows)
+    artifact_ppl = perplexity(nll, plan.windows)
+    change = (artifact_ppl - source_ppl) / source_ppl
+    within = change <= plan.max_increase
+    if not within and not plan.allow_loss:
+        raise QualityError(
+            f"{fmt.name}: perplexity {artifact_ppl:.3f} is {change:+.2%} against the source's {source_ppl:.3f}, "
+            f"more than the recipe's limit of +{plan.max_increase:.0%} (on {len(plan.windows)}×{plan.window_tokens} "
+            f"tokens of {plan.text.label})",
+            hint="pass --allow-quality-loss to keep it anyway (the manifest records that), or change the recipe")
+    return Quality(metric="perplexity", dataset=plan.text.label, windows=len(plan.windows),
+                   window_tokens=plan.window_tokens, source=round(source_ppl, 4), artifact=round(artifact_ppl, 4),
+                   relative_change=round(change, 5), dataset_sha256=plan.text.sha256(),
+                   kl_divergence=round(kl_sum / plan.predicted_tokens, 6), max_relative_change=plan.max_increase,
+                   within_limit=within, allowed_loss=not within)
