@@ -65,6 +65,8 @@ def test_default_build_for_every_target_measures_every_artifact(default_bundle):
         assert q["relative_change"] <= 0.05
     sources = {a["quality"]["source"] for a in manifest["artifacts"]}
     assert len(sources) == 1  # one source reference for every artifact, on the same windows
+    cuda = next(a for a in manifest["artifacts"] if a["id"] == "onnx-int4-cuda")
+    assert cuda["quality"]["scored_on"] in ("cpu", "cuda")  # no GPU on this build host: the same graph on the CPU
     qnn = next(a for a in manifest["artifacts"] if a["id"] == "qnn-context")
     assert qnn["quantization"]["calibration_text"] == "edgeslm:calibration.txt"
 

@@ -59,6 +59,8 @@ def test_wheel_ships_targets_and_recipes(tmp_path: Path):
     for toml in (REPO / "targets").glob("*.toml"):
         assert f"edgeslm/_data/targets/{toml.name}" in names
     assert "edgeslm/_data/recipes/phi-3.5-mini-instruct.toml" in names
+    for text in ("evaluation.txt", "calibration.txt", "README.md"):  # the built-in texts and their licence
+        assert f"edgeslm/default_texts/{text}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 

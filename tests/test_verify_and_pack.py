@@ -120,3 +120,20 @@ def test_link_inside_the_bundle_is_allowed(tmp_path: Path):
     archive = _tar_with(tmp_path, _link("b/alias.json", "manifest.json"))
     folder = unpack_bundle(archive, tmp_path / "dest")
     assert (folder / "alias.json").is_symlink()
+
+
+def test_version_1_manifests_still_read(bundle_copy: Path):
+    from edgeslm.bundle.manifest import read_manifest
+
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["schema_version"] = 1
+    data.pop("warnings")
+    for art in data["artifacts"]:
+        for key in ("dataset_sha256", "kl_divergence", "max_relative_change", "within_limit", "allowed_loss",
+                    "scored_on"):
+            art["quality"].pop(key)
+    path.write_text(json.dumps(data))
+    manifest = read_manifest(bundle_copy)
+    assert manifest.schema_version == 1 and manifest.artifacts[0].quality.kl_divergence is None
+    assert run_cli("verify", str(bundle_copy)).returncode == 0

@@ -102,6 +102,8 @@ def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: Format
     source_ppl = perplexity(reference.nll, plan.windows)
     artifact_ppl = perplexity(nll, plan.windows)
     change = (artifact_ppl - source_ppl) / source_ppl
+    scoring = importlib.import_module(f"edgeslm.backends.{fmt.backend}.scoring")
+    scored_on = scoring.scored_on(artifact_dir) if hasattr(scoring, "scored_on") else ""
     within = change <= plan.max_increase
     if not within and not plan.allow_loss:
         raise QualityError(
@@ -113,4 +115,4 @@ def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: Format
                    window_tokens=plan.window_tokens, source=round(source_ppl, 4), artifact=round(artifact_ppl, 4),
                    relative_change=round(change, 5), dataset_sha256=plan.text.sha256(),
                    kl_divergence=round(kl_sum / plan.predicted_tokens, 6), max_relative_change=plan.max_increase,
-                   within_limit=within, allowed_loss=not within)
+                   within_limit=within, allowed_loss=not within, scored_on=scored_on)

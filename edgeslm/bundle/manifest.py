@@ -97,6 +97,8 @@ class Quality:
     max_relative_change: float | None = None  # the recipe's limit the build checked
     within_limit: bool = True
     allowed_loss: bool = False  # over the limit, kept with --allow-quality-loss
+    scored_on: str = ""  # the provider that ran the artifact's windows (a CUDA graph is scored on the CPU
+    # of a build host without a GPU: same graph and weights, other kernels)
 
 
 @dataclass(frozen=True)

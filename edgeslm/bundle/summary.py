@@ -32,9 +32,15 @@ def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
         lines.append(f"      context: default {a.context.default_total_tokens:,}, max {a.context.max_total_tokens:,} "
                      f"tokens (prompt ≤ {a.context.max_prompt_tokens:,})")
         if a.quality:
-            lines.append(f"      quality: {a.quality.metric} {a.quality.artifact:.3f} vs source {a.quality.source:.3f} "
-                         f"({a.quality.relative_change:+.2%}) on {a.quality.windows}×{a.quality.window_tokens} tokens "
-                         f"of {a.quality.dataset}")
+            q = a.quality
+            kl = f", KL {q.kl_divergence:.4f} nats/token" if q.kl_divergence is not None else ""
+            lines.append(f"      quality: {q.metric} {q.artifact:.3f} vs source {q.source:.3f} "
+                         f"({q.relative_change:+.2%}){kl} on {q.windows}×{q.window_tokens} tokens of {q.dataset}"
+                         + (" — over the limit, kept with --allow-quality-loss" if q.allowed_loss else ""))
+        else:
+            lines.append("      quality: not measured")
+    for warning in m.warnings:
+        lines.append(f"warning   {warning}")
     lines.append("targets")
     for name, entry in m.targets.items():
         lines.append(f"  {name}: {' > '.join(entry.artifacts)} (context {entry.context_length:,})")

@@ -1,7 +1,13 @@
-"""Score token windows with an ONNX artifact through onnxruntime-genai (quality measurement)."""
+"""Score token windows with an ONNX artifact through onnxruntime-genai (quality measurement).
+
+A CUDA artifact built on a workstation without a GPU (or without onnxruntime-genai-cuda) is scored
+with the same graph on the CPU provider: the weights and graph are the artifact's, only the kernels
+differ. ``scored_on`` says which provider ran, for the manifest.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -14,7 +20,7 @@ def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.n
     """Per window, the logits of positions 0..n-2 (float32)."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(artifact_dir))
+    model = _open(artifact_dir)
     for window in windows:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(window) + 1)
@@ -23,6 +29,34 @@ def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.n
         logits = np.array(generator.get_output("logits"), dtype=np.float32)[0, :-1]
         del generator
         yield logits
+
+
+_SCORED_ON: dict[Path, str] = {}
+
+
+def _open(artifact_dir: Path):
+    """The artifact's model on its own provider, or on the CPU when this host cannot run that one."""
+    import onnxruntime_genai as og
+
+    options = json.loads((artifact_dir / "genai_config.json").read_text())["model"]["decoder"].get(
+        "session_options", {}).get("provider_options", [])
+    providers = [name for entry in options for name in entry]
+    if providers:
+        try:
+            model = og.Model(str(artifact_dir))
+            _SCORED_ON[artifact_dir] = providers[0]
+            return model
+        except RuntimeError:  # e.g. "Cuda interface not available" on a build host without a GPU
+            pass
+    config = og.Config(str(artifact_dir))
+    config.clear_providers()
+    _SCORED_ON[artifact_dir] = "cpu"
+    return og.Model(config)
+
+
+def scored_on(artifact_dir: Path) -> str:
+    """The provider that scored the artifact's windows (after ``window_logits``)."""
+    return _SCORED_ON.get(artifact_dir, "")
 
 
 def window_nll(artifact_dir: Path, windows: list[list[int]]) -> list[float]:
