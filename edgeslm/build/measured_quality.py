@@ -61,6 +61,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def source_window_nll(model_dir: Path, windows: list[list[int]]) -> list[float]:
+    """The source checkpoint's summed NLL per window (float32, layer by layer: ``reference_logits``)."""
+    import json
+
+    from ..backends.log_likelihood import nll_per_window
+    from .reference_logits import reference_logits
+
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    return nll_per_window((logits[:-1] for logits in reference_logits(Path(model_dir), config, windows)), windows)
+
+
 class SourceReference:
     """The source model's NLL per window and log-probabilities (float32, on disk) on the plan's windows."""
 
