@@ -48,12 +48,6 @@ class ModelSourceError(EdgeslmError):
     exit_code = 4
 
 
-class FormatNotImplementedError(EdgeslmError):
-    """A target needs an artifact format whose backend is not implemented yet."""
-
-    exit_code = 5
-
-
 class BackendMissingError(EdgeslmError):
     """The Python package a backend needs is not installed."""
 
@@ -69,7 +63,7 @@ class BuildError(EdgeslmError):
 class QualityError(BuildError):
     """An artifact's measured quality is worse than the recipe allows."""
 
-    exit_code = 11
+    exit_code = 16
 
 
 class OutputExistsError(EdgeslmError):
@@ -98,3 +92,39 @@ class VerificationError(BundleError):
     def __init__(self, message: str, problems: list[str] | None = None, hint: str | None = None):
         super().__init__(message, hint)
         self.problems = list(problems or [])
+
+
+class ContextLengthError(EdgeslmError):
+    """The prompt does not fit in the context this host allows for the artifact."""
+
+    exit_code = 11
+
+
+class NoArtifactError(EdgeslmError):
+    """No artifact of the bundle can run on this host."""
+
+    exit_code = 12
+
+
+class EngineLoadError(EdgeslmError):
+    """The runtime package is installed but cannot load the artifact here (driver, device, SDK, memory)."""
+
+    exit_code = 17
+
+
+class FlashIOError(EdgeslmError):
+    """The device or folder refused a write (read-only, full, permission)."""
+
+    exit_code = 13
+
+
+class SshError(EdgeslmError):
+    """SSH connection, authentication, host key or remote command failure."""
+
+    exit_code = 14
+
+
+class AdbError(EdgeslmError):
+    """adb is missing, the device is not attached, or a command on it failed."""
+
+    exit_code = 15

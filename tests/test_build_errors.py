@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DOCS_MODEL, assert_clean_error, run_cli
+from conftest import DOCS_MODEL, REPO, assert_clean_error, run_cli
 from edgeslm.bundle.verify import verify_bundle
 
 
@@ -74,21 +74,17 @@ def test_unknown_target_suggests_names(tmp_path: Path):
     assert_clean_error(result, "unknown target 'rasberrypi'", "raspberrypi")
 
 
-def test_target_with_unimplemented_format(monkeypatch):
-    # Every format of the shipped targets is implemented; a format still planned (as a new backend is
-    # before it lands) must stop the build at planning, naming the target, the format and where it is tracked.
-    import dataclasses
-
-    from edgeslm import formats
-    from edgeslm.build.pipeline import plan_formats
-    from edgeslm.errors import FormatNotImplementedError
-
-    planned = dataclasses.replace(formats.FORMATS["mlx"], implemented=False, planned_in="issue 99")
-    monkeypatch.setitem(formats.FORMATS, "mlx", planned)
-    with pytest.raises(FormatNotImplementedError) as caught:
-        plan_formats(("apple-silicon",))
-    assert "apple-silicon" in str(caught.value) and "'mlx'" in str(caught.value) and "issue 99" in str(caught.value)
-    assert "cpu-x86_64" in caught.value.hint
+def test_target_with_a_format_no_backend_serves(tmp_path: Path):
+    # A target may name a format that a backend plugin provides; without that plugin installed the build
+    # stops at once, naming the target file, the format and that a plugin may be missing.
+    data = tmp_path / "data"
+    shutil.copytree(REPO / "targets", data / "targets")
+    shutil.copytree(REPO / "recipes", data / "recipes")
+    edge = data / "targets" / "raspberrypi5.toml"
+    edge.write_text(edge.read_text().replace('formats = ["onnx-int4-cpu"]', 'formats = ["gguf-q4", "onnx-int4-cpu"]'))
+    result = _build("--model", str(DOCS_MODEL), "--out", str(tmp_path / "o"), env={"EDGESLM_DATA_DIR": str(data)})
+    assert_clean_error(result, "raspberrypi5.toml", "unknown format 'gguf-q4'", "plugin")
+    assert not (tmp_path / "o").exists()
 
 
 def test_existing_output_without_force(tmp_path: Path):

@@ -31,13 +31,13 @@ def _export(settings, calibration: Path | None = None) -> tuple[Path, object]:
     """Run the MLX exporter as a library into a temporary folder (one variant per test)."""
     from edgeslm.build.exporter import ExportJob, get_exporter
     from edgeslm.build.source import load_source
-    from edgeslm.formats import FORMATS
+    from edgeslm.registry import formats
     from edgeslm.progress import NullProgress
 
     from edgeslm.build.text_windows import calibration_text
 
     out, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
-    spec = FORMATS["mlx"]
+    spec = formats()["mlx"]
     result = get_exporter(spec).export(ExportJob(load_source(str(DOCS_MODEL)), spec, settings, out, work, 4096,
                                                  calibration_text(calibration, None, 0)), NullProgress())
     shutil.rmtree(work)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 from ..errors import BackendMissingError, BuildError, DiskSpaceError, EdgeslmError
-from ..formats import FormatSpec
+from ..backend import FormatSpec
 from ..progress import Progress
 from .source import SourceModel
 from .text_windows import BuildText
@@ -81,9 +81,10 @@ def require_modules(modules: tuple[str, ...], what: str, extra: str) -> None:
 
 
 def get_exporter(spec: FormatSpec) -> Exporter:
-    """The exporter object of a format's backend (``edgeslm.backends.<backend>.exporter.EXPORTER``)."""
-    module = importlib.import_module(f"edgeslm.backends.{spec.backend}.exporter")
-    return module.EXPORTER
+    """The exporter object of a format's backend (its ``Backend.exporter_ref``)."""
+    from ..registry import backend_of
+
+    return backend_of(spec).exporter()
 
 
 @contextlib.contextmanager

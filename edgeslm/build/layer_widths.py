@@ -1,8 +1,8 @@
 """The input widths of a Phi-3 checkpoint's quantized layers, and the check that a group size fits them.
 
-Group-wise weight quantization (NNCF int4 groups, mlx affine groups) cuts each weight row along its
+Group-wise weight quantization (int4 groups, affine groups) cuts each weight row along its
 input dimension into groups of ``group_size`` columns; a width the group size does not divide makes
-the converter fail deep inside (NNCF, mlx) with an exception that names neither the layer nor the
+the converter fail deep inside with an exception that names neither the layer nor the
 fix. The build refuses such a recipe before exporting, with one line naming the width, the group
 size and the ``--set`` that works.
 """

@@ -13,7 +13,6 @@ manifest).
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 
 from ..bundle.manifest import Quality
 from ..errors import QualityError
-from ..formats import FormatSpec
+from ..backend import FormatSpec
+from ..registry import backend_of
 from .text_windows import BuildText
 
 
@@ -98,8 +98,7 @@ class SourceReference:
 
 def artifact_logits(fmt: FormatSpec, artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:
     """Per window, the artifact's logits for positions 0..n-2 (its backend's ``scoring.window_logits``)."""
-    scoring = importlib.import_module(f"edgeslm.backends.{fmt.backend}.scoring")
-    return scoring.window_logits(artifact_dir, windows)
+    return backend_of(fmt).scorer().window_logits(artifact_dir, windows)
 
 
 def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: FormatSpec, artifact_dir: Path) -> Quality:
@@ -113,7 +112,7 @@ def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: Format
     source_ppl = perplexity(reference.nll, plan.windows)
     artifact_ppl = perplexity(nll, plan.windows)
     change = (artifact_ppl - source_ppl) / source_ppl
-    scoring = importlib.import_module(f"edgeslm.backends.{fmt.backend}.scoring")
+    scoring = backend_of(fmt).scorer()
     scored_on = scoring.scored_on(artifact_dir) if hasattr(scoring, "scored_on") else ""
     within = change <= plan.max_increase
     if not within and not plan.allow_loss:

@@ -29,9 +29,9 @@ from ..bundle.pack import pack_bundle
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
-from ..errors import (BuildError, DiskSpaceError, EdgeslmError, FormatNotImplementedError, ModelSourceError,
-                      OutputExistsError, UsageError)
-from ..formats import FORMATS, FormatSpec
+from ..errors import BuildError, DiskSpaceError, EdgeslmError, ModelSourceError, OutputExistsError, UsageError
+from ..backend import FormatSpec
+from ..registry import formats as registered_formats
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
 from .build_folders import BuildFolders, remove_stale
@@ -77,13 +77,7 @@ def plan_formats(target_names: tuple[str, ...]) -> tuple[list[Target], list[Form
     formats: list[FormatSpec] = []
     for target in targets:
         for fmt_name in target.formats:
-            spec = FORMATS[fmt_name]
-            if not spec.implemented:
-                raise FormatNotImplementedError(
-                    f"target '{target.name}' needs artifact format '{spec.name}', which is not implemented yet "
-                    f"(tracked in {spec.planned_in})",
-                    hint="build for a target whose formats all exist today, e.g. cpu-x86_64, cpu-arm64 or "
-                         "raspberrypi")
+            spec = registered_formats()[fmt_name]  # load_target_file refused unregistered formats
             if spec not in formats:
                 formats.append(spec)
     return targets, formats

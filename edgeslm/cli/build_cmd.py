@@ -9,6 +9,29 @@ import click
 from .output import echo_json, human_bytes
 
 
+def backend_build_options(command):
+    """Add each registered backend's build flags (``Backend.build_options``): shortcuts for ``--set``."""
+    from ..registry import backends
+
+    for backend in reversed(list(backends().values())):
+        for option in reversed(backend.build_options):
+            command = click.option(option.flag, type=click.Choice(list(option.choices)), default=None,
+                                   help=f"{option.help} (--set {option.setting}=...)")(command)
+    return command
+
+
+def _backend_overrides(values: dict) -> tuple[str, ...]:
+    from ..registry import backends
+
+    chosen = []
+    for backend in backends().values():
+        for option in backend.build_options:
+            value = values.get(option.flag.lstrip("-").replace("-", "_"))
+            if value is not None:
+                chosen.append(f"{option.setting}={value}")
+    return tuple(chosen)
+
+
 @click.command()
 @click.option("--target", "-t", "targets", multiple=True, required=True,
               help="Device target (repeat for several), e.g. raspberrypi, jetson-orin. See 'edgeslm targets'.")
@@ -32,14 +55,12 @@ from .output import echo_json, human_bytes
 @click.option("--allow-quality-loss", is_flag=True,
               help="Keep artifacts whose perplexity is over the recipe's limit (the manifest records it).")
 @click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Text for data-aware quantization (QNN activation ranges, AWQ, scale estimation, GPTQ) "
+              help="Text for data-aware quantization (activation ranges, AWQ, scale estimation, GPTQ) "
                    "[default: the --eval-text after its windows, else edgeslm's built-in calibration text].")
-@click.option("--qnn-compiler", type=click.Choice(["onnxruntime-qnn", "qai-hub"]), default=None,
-              help="Who compiles Snapdragon NPU context binaries: onnxruntime-qnn offline (default) or Qualcomm "
-                   "AI Hub (needs an API token).")
+@backend_build_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          no_eval, allow_quality_loss, calibration_text, qnn_compiler, as_json) -> None:
+          no_eval, allow_quality_loss, calibration_text, as_json, **backend_options) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
     from ..build.measured_quality import QualityRequest
     from ..build.pipeline import BuildRequest, build_bundle
@@ -50,8 +71,7 @@ def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_w
         raise click.UsageError("--no-eval cannot be combined with --eval-text/--eval-windows/--eval-window-tokens")
     terminate_as_interrupt()
     quality = QualityRequest(eval_text, eval_windows, eval_window_tokens, allow_quality_loss, no_eval)
-    if qnn_compiler:
-        overrides = (*overrides, f"qnn-context.compiler={qnn_compiler}")
+    overrides = (*overrides, *_backend_overrides(backend_options))
     request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
                            calibration_text)
     with RichProgress(quiet=as_json) as progress:

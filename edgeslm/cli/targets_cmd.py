@@ -13,14 +13,13 @@ def targets(as_json: bool) -> None:
     """List the device targets and the artifact formats each accepts (best first)."""
     from ..config.strict import to_plain
     from ..config.targets import all_targets
-    from ..formats import FORMATS
 
     found = all_targets()
     if as_json:
         echo_json([{k: v for k, v in to_plain(t).items() if k != "source_file"} for t in found.values()])
         return
     for t in found.values():
-        formats = ", ".join(f + ("" if FORMATS[f].implemented else " (planned)") for f in t.formats)
+        formats = ", ".join(t.formats)
         aliases = f" (also: {', '.join(t.aliases)})" if t.aliases else ""
         click.echo(f"{t.name}{aliases}")
         click.echo(f"    {t.description}")

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..errors import ConfigError, ModelSourceError, UsageError
-from ..formats import FORMATS
+from ..registry import formats as registered_formats
 from .data_dirs import data_dir
 from .strict import convert, parse, read_toml, to_plain
 
@@ -85,15 +85,12 @@ def load_recipe_file(path: Path) -> Recipe:
     if raw.name != path.stem:
         raise ConfigError(f"{where}: key 'name' is '{raw.name}' but the file is named '{path.stem}'")
     formats = {}
+    known = registered_formats()
     for fmt, table in raw.formats.items():
-        if fmt not in FORMATS:
+        if fmt not in known:
             raise ConfigError(f"{where}: key 'formats.{fmt}' names unknown format '{fmt}'",
-                              hint=f"known formats: {', '.join(FORMATS)}")
-        spec = FORMATS[fmt]
-        if not spec.settings:
-            raise ConfigError(f"{where}: key 'formats.{fmt}': format '{fmt}' is not implemented yet "
-                              f"({spec.planned_in}); remove the table until it is")
-        formats[fmt] = parse(spec.settings_class(), dict(table), where, f"formats.{fmt}")
+                              hint=f"known formats: {', '.join(known)}")
+        formats[fmt] = parse(known[fmt].settings_class(), dict(table), where, f"formats.{fmt}")
     return Recipe(raw.name, raw.description, raw.default_model, raw.architectures, raw.model_types,
                   raw.stop_tokens, MappingProxyType(formats), raw.quality, str(path))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import ConfigError, UnknownTargetError
-from ..formats import FORMATS
+from ..registry import formats
 from .data_dirs import data_dir
 from .strict import parse, read_toml
 
@@ -62,10 +62,12 @@ def load_target_file(path: Path) -> Target:
     if target.name != path.stem:
         raise ConfigError(f"{where}: key 'name' is '{target.name}' but the file is named '{path.stem}'",
                           hint="a target's name is its file name")
+    known = formats()
     for i, fmt in enumerate(target.formats):
-        if fmt not in FORMATS:
+        if fmt not in known:
             raise ConfigError(f"{where}: key 'formats[{i}]' names unknown format '{fmt}'",
-                              hint=f"known formats: {', '.join(FORMATS)}")
+                              hint=f"known formats: {', '.join(known)}; a format from a plugin needs that plugin "
+                                   "installed")
     if not target.formats:
         raise ConfigError(f"{where}: key 'formats' is empty")
     return replace(target, source_file=str(path))

@@ -12,13 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Callable
 
-from ..errors import DiskSpaceError, EdgeslmError
+from ..errors import AdbError, DiskSpaceError, EdgeslmError, FlashIOError
 from .destination import Destination
-from .local_transport import FlashIOError
-
-
-class AdbError(EdgeslmError):
-    exit_code = 15
 
 
 class AdbTransport:

@@ -9,15 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..bundle.checksums import sha256_file
-from ..errors import DiskSpaceError, EdgeslmError
+from ..errors import DiskSpaceError, EdgeslmError, FlashIOError
 
 CHUNK = 1 << 20
-
-
-class FlashIOError(EdgeslmError):
-    """The device or folder refused a write (read-only, full, permission)."""
-
-    exit_code = 13
 
 
 def io_error(exc: OSError, where: str) -> EdgeslmError:

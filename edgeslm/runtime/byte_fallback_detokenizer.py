@@ -1,6 +1,6 @@
 """Incremental detokenization for SentencePiece-style BPE vocabularies with byte fallback (Llama, Phi-3).
 
-Runtimes whose detokenizer is a separate model call (OpenVINO's detokenizer IR) spend ~0.5 ms per
+Runtimes whose detokenizer is a separate model call (a detokenizer IR) spend ~0.5 ms per
 call, which is a sizeable share of a small model's step time. For the common tokenizer.json decoder
 ``Replace('▁', ' ') → ByteFallback → Fuse → Strip(1 leading space)`` the text of a token is a table
 lookup, so decoding here costs microseconds. ``load`` returns None for any other decoder, and the

@@ -29,7 +29,7 @@ def plan_context(artifact: Artifact, available_bytes: int, requested: int | None
     """A plan, or a reason string when the artifact cannot run in this much memory.
 
     An artifact compiled for static shapes on a device (``details.device_context.<device>``, e.g. the
-    OpenVINO NPU pipeline's MAX_PROMPT_LEN + MIN_RESPONSE_LEN) uses exactly those limits there.
+    NPU pipeline's static prompt and response lengths) uses exactly those limits there.
     """
     mem, ctx = artifact.memory, artifact.context
     fixed = dict(artifact.details.get("device_context", {})).get(device)

@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from ..errors import EdgeslmError, UsageError
+from ..errors import ContextLengthError, UsageError
 
-
-class ContextLengthError(EdgeslmError):
-    """The prompt does not fit in the context this host allows for the artifact."""
-
-    exit_code = 11
+__all__ = ["ContextLengthError", "GenerationOptions", "GenerationResult", "Usage", "Engine"]
 
 
 @dataclass(frozen=True)

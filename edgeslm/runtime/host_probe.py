@@ -1,9 +1,9 @@
 """Host probe: what this device is, read cheaply from system files, never failing on a missing package.
 
 Everything is read through a root folder (``/`` on a real device), so tests can feed recorded
-``/proc`` and ``/sys`` trees of a Raspberry Pi, a Jetson, a Snapdragon or Intel laptop, or a Mac
+``/proc`` and ``/sys`` trees of a Raspberry Pi, a Jetson, an Arm or Intel laptop, or a Mac
 (whose ``sysctl`` output is read from ``<root>/.commands/sysctl`` there). What files cannot show
-(installed packages, OpenVINO's device list, CUDA, Metal, the QNN execution provider) comes from
+(installed packages, a runtime's device list, accelerators the backends recognise) comes from
 :mod:`edgeslm.runtime.accelerator_probe`, or from injected ``findings`` in tests.
 """
 

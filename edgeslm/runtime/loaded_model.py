@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Iterator
 
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.pack import OpenedBundle
+from ..registry import backend_of
 from .chat_template import ChatTemplate, validate_messages
 from .generation import ContextLengthError, GenerationOptions, GenerationResult, Usage
 from .host_probe import HostProfile, probe_host
@@ -158,8 +158,8 @@ def load(bundle: str | Path, artifact: str | None = None, device: str | None = N
         selection = rank_artifacts(manifest, host, artifact_id=artifact, device=device, context=context)
         chosen = selection.chosen
         verify_before_load(opened.folder, manifest, chosen.artifact.id, verify)
-        backend = importlib.import_module(f"edgeslm.backends.{chosen.spec.backend}.engine")
-        engine = backend.open_engine(opened.folder / chosen.artifact.path, chosen, host, manifest, threads=threads)
+        open_engine = backend_of(chosen.spec).open_engine()
+        engine = open_engine(opened.folder / chosen.artifact.path, chosen, host, manifest, threads=threads)
         return LLM(opened, manifest, selection, engine)
     except BaseException:
         opened.close()

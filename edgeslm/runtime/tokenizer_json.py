@@ -1,5 +1,5 @@
 """Tokenization from an artifact's ``tokenizer.json`` with the ``tokenizers`` package (engines that have
-no tokenizer of their own: MLX, QNN). Decoding uses the byte-fallback table where it applies, else
+no tokenizer of their own). Decoding uses the byte-fallback table where it applies, else
 ``tokenizers``' incremental DecodeStream."""
 
 from __future__ import annotations

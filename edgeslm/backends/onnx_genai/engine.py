@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from ...errors import BackendMissingError, BundleError
+from ...errors import BackendMissingError, EngineLoadError
 from ...runtime.generation import GenerationOptions
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class OnnxGenaiEngine:
         try:
             self.model = og.Model(config)
         except Exception as exc:  # onnxruntime raises plain RuntimeErrors
-            raise BundleError(f"onnxruntime-genai cannot load {artifact_dir}: {exc}") from None
+            raise EngineLoadError(f"onnxruntime-genai cannot load {artifact_dir}: {exc}") from None
         self.tokenizer = og.Tokenizer(self.model)
 
     def encode(self, text: str) -> list[int]:

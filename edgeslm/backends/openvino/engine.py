@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from ...errors import BackendMissingError, BundleError
+from ...errors import BackendMissingError, BundleError, EngineLoadError
 from ...runtime import byte_fallback_detokenizer
 from ...runtime.generation import GenerationOptions
 
@@ -51,7 +51,7 @@ class OpenVinoEngine:
         try:
             self.pipeline = ov_genai.LLMPipeline(str(artifact_dir), self.device_name, **properties)
         except Exception as exc:  # driver or plugin errors arrive as RuntimeError
-            raise BundleError(f"openvino-genai cannot load {artifact_dir} on {self.device_name}: {exc}") from None
+            raise EngineLoadError(f"openvino-genai cannot load {artifact_dir} on {self.device_name}: {exc}") from None
         self.tokenizer = self.pipeline.get_tokenizer()
         self.fast_detokenizer = byte_fallback_detokenizer.load(artifact_dir / "tokenizer.json")
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from ...errors import BundleError
+from ...errors import BundleError, EngineLoadError
 from ...runtime.generation import GenerationOptions
-from ...runtime.selection import compiled_soc
+from .host_support import compiled_soc
 from ...runtime.tokenizer_json import TokenizerJson
 from . import ep_sessions
 from .artifact_files import QnnArtifact
@@ -57,7 +57,7 @@ class QnnEngine:
         except BundleError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph errors
-            raise BundleError(f"the QNN HTP backend cannot load the {soc} context binaries: {exc}",
+            raise EngineLoadError(f"the QNN HTP backend cannot load the {soc} context binaries: {exc}",
                               hint="the binaries must match the device's SoC and onnxruntime-qnn version; "
                                    "'edgeslm doctor' shows both") from None
         self.tokenizer = TokenizerJson(artifact_dir / "tokenizer.json")
