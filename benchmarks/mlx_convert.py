@@ -24,9 +24,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_full_size import failure_reason, host_info, measure, medians_by, tree_size  # noqa: E402
-
 import build_full_size  # noqa: E402
+from build_full_size import failure_reason, host_info, measure, medians_by, tree_size  # noqa: E402
 
 build_full_size.PACKAGES = ("edgeslm", "mlx", "mlx-lm", "transformers")
 
@@ -34,8 +33,8 @@ build_full_size.PACKAGES = ("edgeslm", "mlx", "mlx-lm", "transformers")
 def child_export(ckpt: str, out: Path) -> dict:
     t0 = time.perf_counter()
     from edgeslm.backends.mlx.exporter import EXPORTER
-    from edgeslm.build.exporter import ExportJob
-    from edgeslm.build.source import load_source
+    from edgeslm.builder.exporter import ExportJob
+    from edgeslm.builder.source import load_source
     from edgeslm.config.recipes import all_recipes
     from edgeslm.formats import FORMATS
     from edgeslm.progress import NullProgress

@@ -38,7 +38,7 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from build_full_size import failure_reason, host_info, measure, tree_size
+from build_full_size import failure_reason, host_info, measure, tree_size  # noqa: E402 - after sys.path
 
 PACKAGES = ("edgeslm", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel", "optimum", "nncf",
             "torch", "transformers")
@@ -52,8 +52,8 @@ def child_export(ckpt: str, out: Path) -> dict:
     """Run in a child: the edgeslm OpenVINO exporter alone, as the build pipeline calls it."""
     t0 = time.perf_counter()
     from edgeslm.backends.openvino.exporter import EXPORTER
-    from edgeslm.build.exporter import ExportJob
-    from edgeslm.build.source import load_source
+    from edgeslm.builder.exporter import ExportJob
+    from edgeslm.builder.source import load_source
     from edgeslm.config.recipes import all_recipes
     from edgeslm.config.targets import resolve_target
     from edgeslm.formats import FORMATS

@@ -44,7 +44,7 @@ def truncated_checkpoint(full: Path, layers: int, dest: Path) -> Path:
     keep = {}
     for shard in sorted(full.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open is not iterable
                 if not name.startswith("model.layers.") or int(name.split(".")[2]) < layers:
                     keep[name] = f.get_tensor(name)
     save_file(keep, str(dest / "model.safetensors"), metadata={"format": "pt"})

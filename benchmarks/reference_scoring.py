@@ -4,7 +4,7 @@ On a full-size random Phi-3.5-mini checkpoint (``make_random_checkpoint.py``, bf
 and ``--windows`` x ``--tokens`` token windows of examples/eval/docs-heldout.txt, each run is a fresh
 child process measured like build_full_size.py (wall time, peak RSS of the process tree sampled from
 /proc every 0.2 s, ``ru_maxrss`` from ``os.wait4``):
-  edgeslm       ``edgeslm.build.measured_quality.source_window_nll``: reference_logits, one decoder layer at a
+  edgeslm       ``edgeslm.builder.measured_quality.source_window_nll``: reference_logits, one decoder layer at a
                 time cast to fp32 from the memory-mapped safetensors, all windows batched
   transformers  the previous implementation: ``AutoModelForCausalLM.from_pretrained(dtype=float32)``
                 (the whole model in fp32, ~15 GB) and one forward per window
@@ -31,9 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from build_full_size import failure_reason, host_info, measure, medians_by  # noqa: E402
-
 import build_full_size  # noqa: E402
+from build_full_size import failure_reason, host_info, measure, medians_by  # noqa: E402
 
 build_full_size.PACKAGES = ("edgeslm", "torch", "transformers", "safetensors", "tokenizers")
 KINDS = ("transformers", "edgeslm")
@@ -45,7 +44,7 @@ def child(kind: str, ckpt: Path, windows_file: Path) -> dict:
     windows = json.loads(windows_file.read_text())
     t0 = time.perf_counter()
     if kind == "edgeslm":
-        from edgeslm.build.measured_quality import source_window_nll
+        from edgeslm.builder.measured_quality import source_window_nll
 
         t1, cpu1 = time.perf_counter(), time.process_time()
         nll = source_window_nll(ckpt, windows)
@@ -132,7 +131,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(HERE / "make_random_checkpoint.py"), str(args.checkpoint),
                     "--config-dir", str(args.config_dir)], check=True)
     sys.path.insert(0, str(REPO))
-    from edgeslm.build.text_windows import BuildText  # tokenizers only: the monitor stays small
+    from edgeslm.builder.text_windows import BuildText  # tokenizers only: the monitor stays small
 
     text = BuildText(REPO / "examples" / "eval" / "docs-heldout.txt", "benchmark")
     windows = text.windows(args.checkpoint / "tokenizer.json", args.windows, args.tokens)

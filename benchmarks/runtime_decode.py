@@ -248,7 +248,7 @@ def memory(bundle: Path, contexts: list[int], n: int, threads: int, out: Path, r
         for kind in ("prompt", "plain", "shim"):
             cmd = [sys.executable, __file__, str(bundle), "--child", kind, "--ctx", str(ctx),
                    "--rss-new-tokens", str(n), "--prompt-file", str(prompt_file), "--threads", str(threads)]
-            for attempt in range(1, retries + 2):
+            for attempt in range(1, retries + 2):  # noqa: B007 - read after the loop
                 waited = wait_quiet(quiet_s) if kind != "prompt" else 0.0
                 proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 if proc.returncode:

@@ -1,6 +1,6 @@
 """edgeslm: put Phi-3.5 small language models onto edge devices.
 
-Build side: ``edgeslm.build.pipeline.build_bundle``. Device side: ``edgeslm.load(bundle)``.
+Build side: ``edgeslm.builder.pipeline.build_bundle``. Device side: ``edgeslm.load(bundle)``.
 Importing this package is cheap: subpackages are imported only when used.
 """
 

@@ -7,7 +7,8 @@ A long step is ``with progress.task("Quantizing", total=n) as advance: advance(k
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 
 class Progress(Protocol):

@@ -82,7 +82,7 @@ def token_windows(count: int, length: int) -> list[list[int]]:
     return [ids[i * length:(i + 1) * length] for i in range(count)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def source_perplexity(count: int, length: int) -> float:
     """Perplexity of the source checkpoint (fp32, transformers) on the held-out windows."""
     import torch

@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 from conftest import DOCS_MODEL, run_cli, source_perplexity, token_windows
+
 from edgeslm.bundle.manifest import read_manifest
 
 

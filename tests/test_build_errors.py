@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import DOCS_MODEL, REPO, assert_clean_error, run_cli
+
 from edgeslm.bundle.verify import verify_bundle
 
 

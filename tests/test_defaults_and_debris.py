@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DOCS_MODEL, EVAL, REPO, assert_clean_error, random_phi3_checkpoint, run_cli
 
 from edgeslm.config.targets import all_targets
@@ -72,7 +71,7 @@ def test_default_build_for_every_target_measures_every_artifact(default_bundle):
 
 
 def test_builtin_texts_ship_in_the_package_with_their_licence():
-    from edgeslm.build.text_windows import BUILTIN_CALIBRATION, BUILTIN_EVALUATION
+    from edgeslm.builder.text_windows import BUILTIN_CALIBRATION, BUILTIN_EVALUATION
 
     folder = BUILTIN_EVALUATION.parent
     assert folder.parent.name == "edgeslm"  # inside the package, so the wheel carries it

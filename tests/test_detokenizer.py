@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import DOCS_MODEL, EVAL
+
 from edgeslm.runtime import byte_fallback_detokenizer
 
 

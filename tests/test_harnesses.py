@@ -10,7 +10,6 @@ from pathlib import Path
 
 import paramiko
 import pytest
-
 from sshd_harness import SshServer, sshd_available
 
 FAKE_ADB = Path(__file__).resolve().parent / "fake_adb" / "adb"

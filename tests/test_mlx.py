@@ -10,10 +10,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import (
+    DOCS_MODEL,
+    EVAL,
+    PROMPTS,
+    assert_clean_error,
+    build_for_target,
+    import_blocker,
+    run_cli,
+    source_perplexity,
+    token_windows,
+)
 
 import edgeslm
-from conftest import (DOCS_MODEL, EVAL, PROMPTS, assert_clean_error, build_for_target, import_blocker, run_cli,
-                      source_perplexity, token_windows)
 from edgeslm.bundle.manifest import read_manifest
 from edgeslm.runtime.accelerator_probe import Findings
 from edgeslm.runtime.host_probe import probe_host
@@ -29,12 +38,11 @@ def mlx_bundle(tmp_path_factory) -> Path:
 
 def _export(settings, calibration: Path | None = None) -> tuple[Path, object]:
     """Run the MLX exporter as a library into a temporary folder (one variant per test)."""
-    from edgeslm.build.exporter import ExportJob, get_exporter
-    from edgeslm.build.source import load_source
-    from edgeslm.registry import formats
+    from edgeslm.builder.exporter import ExportJob, get_exporter
+    from edgeslm.builder.source import load_source
+    from edgeslm.builder.text_windows import calibration_text
     from edgeslm.progress import NullProgress
-
-    from edgeslm.build.text_windows import calibration_text
+    from edgeslm.registry import formats
 
     out, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
     spec = formats()["mlx"]
@@ -46,7 +54,7 @@ def _export(settings, calibration: Path | None = None) -> tuple[Path, object]:
 
 def _mlx_perplexity(artifact_dir: Path, windows: list[list[int]]) -> float:
     from edgeslm.backends.mlx.scoring import window_nll
-    from edgeslm.build.measured_quality import perplexity
+    from edgeslm.builder.measured_quality import perplexity
 
     return perplexity(window_nll(artifact_dir, windows), windows)
 

@@ -11,10 +11,19 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import (
+    DOCS_MODEL,
+    EVAL,
+    PROMPTS,
+    assert_clean_error,
+    build_for_target,
+    import_blocker,
+    run_cli,
+    source_perplexity,
+    token_windows,
+)
 
 import edgeslm
-from conftest import (DOCS_MODEL, EVAL, PROMPTS, assert_clean_error, build_for_target, import_blocker, run_cli,
-                      source_perplexity, token_windows)
 from edgeslm.bundle.manifest import read_manifest
 from edgeslm.runtime.accelerator_probe import Findings
 from edgeslm.runtime.generation import ContextLengthError

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 import zipfile
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
+import tomllib
 from conftest import REPO
 
 HEAVY = {"torch", "transformers", "optimum", "optimum-intel", "nncf"}
@@ -76,3 +76,11 @@ def test_demo_model_ships_with_the_repository():
     demo = REPO / "examples" / "models" / "phi3-docs-21m"
     assert (demo / "config.json").is_file() and (demo / "model.safetensors").stat().st_size > 40_000_000
     assert (REPO / "examples" / "eval" / "docs-heldout.txt").is_file()
+
+
+def test_ruff_check_is_clean():
+    # Linters skip folders named "build" by default: the build side lives in edgeslm/builder/ for that reason.
+    assert not (REPO / "edgeslm" / "build").exists()
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

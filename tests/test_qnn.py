@@ -16,10 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (
+    DOCS_MODEL,
+    EVAL,
+    assert_clean_error,
+    build_for_target,
+    import_blocker,
+    run_cli,
+    source_perplexity,
+    token_windows,
+)
 
 import edgeslm
-from conftest import (DOCS_MODEL, EVAL, assert_clean_error, build_for_target, import_blocker, run_cli,
-                      source_perplexity, token_windows)
 from edgeslm.bundle.manifest import read_manifest
 from edgeslm.runtime.accelerator_probe import Findings
 from edgeslm.runtime.host_probe import probe_host
@@ -87,7 +95,7 @@ def test_qdq_perplexity_close_to_source(qnn_bundle):
     # 16-bit activations + per-channel int8 weights measured +0.05..+0.07% on these windows; 1% leaves
     # room for noise and still fails on a broken calibration, 8-bit activations or a wrong RoPE table.
     from edgeslm.backends.qnn.scoring import window_nll
-    from edgeslm.build.measured_quality import perplexity
+    from edgeslm.builder.measured_quality import perplexity
 
     windows, source = token_windows(4, 128), source_perplexity(4, 128)
     measured = perplexity(window_nll(qnn_bundle / _art(qnn_bundle).path, windows), windows)
@@ -97,7 +105,7 @@ def test_qdq_perplexity_close_to_source(qnn_bundle):
 def test_compiled_models_run_on_the_htp_backend_like_the_cpu_provider(qnn_bundle):
     from edgeslm.backends.qnn import ep_sessions
     from edgeslm.backends.qnn.scoring import window_nll
-    from edgeslm.build.measured_quality import perplexity
+    from edgeslm.builder.measured_quality import perplexity
 
     folder = qnn_bundle / _art(qnn_bundle).path
     window = token_windows(1, 128)

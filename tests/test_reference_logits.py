@@ -1,4 +1,4 @@
-"""The layer-by-layer fp32 reference (edgeslm.build.reference_logits) against transformers' Phi3ForCausalLM."""
+"""The layer-by-layer fp32 reference (edgeslm.builder.reference_logits) against transformers' Phi3ForCausalLM."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, Phi3Config, Phi3ForCausalLM
 
 from edgeslm.backends.log_likelihood import nll_from_logits
-from edgeslm.build.measured_quality import source_window_nll
-from edgeslm.build.reference_logits import reference_logits
+from edgeslm.builder.measured_quality import source_window_nll
+from edgeslm.builder.reference_logits import reference_logits
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_MODEL = REPO / "examples" / "models" / "phi3-docs-21m"

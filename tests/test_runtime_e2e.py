@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DOCS_MODEL, EVAL, REPO, assert_clean_error, run_cli
 
 import edgeslm
-from conftest import DOCS_MODEL, EVAL, REPO, assert_clean_error, run_cli
 
 PROMPTS = [json.loads(line)["messages"] for line in (EVAL / "chat-prompts.jsonl").read_text().splitlines() if line]
 

@@ -8,8 +8,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_clean_error, run_cli
+
 from edgeslm.bundle.pack import pack_bundle, unpack_bundle
 from edgeslm.bundle.verify import verify_bundle
 from edgeslm.errors import BundleError

@@ -126,7 +126,7 @@ class OpenedBundle:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
 
-    def __enter__(self) -> "OpenedBundle":
+    def __enter__(self) -> OpenedBundle:
         return self
 
     def __exit__(self, *exc: object) -> None:

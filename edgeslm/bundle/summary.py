@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .manifest import Manifest
 
@@ -12,7 +12,7 @@ def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
         f"bundle    {m.bundle_id}  (schema {m.schema} v{m.schema_version})",
         f"model     {m.model.name}: {m.model.architecture}, {m.model.parameter_count / 1e6:,.1f}M parameters, "
         f"{m.model.num_layers} layers, context up to {m.model.max_position_embeddings:,} tokens",
-        f"chat      stop tokens {', '.join(f'{t} ({i})' for t, i in zip(m.chat.stop_tokens, m.chat.stop_token_ids, strict=False))}",
+        f"chat      stop tokens {', '.join(f'{t} ({i})' for t, i in zip(m.chat.stop_tokens, m.chat.stop_token_ids))}",
         f"built     {m.provenance.created} with edgeslm {m.provenance.edgeslm_version} "
         f"in {m.provenance.duration_s:.0f} s",
         "artifacts",

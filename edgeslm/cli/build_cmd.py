@@ -62,8 +62,8 @@ def _backend_overrides(values: dict) -> tuple[str, ...]:
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
           no_eval, allow_quality_loss, calibration_text, as_json, **backend_options) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
-    from ..build.measured_quality import QualityRequest
-    from ..build.pipeline import BuildRequest, build_bundle
+    from ..builder.measured_quality import QualityRequest
+    from ..builder.pipeline import BuildRequest, build_bundle
     from .rich_progress import RichProgress
     from .termination import terminate_as_interrupt
 

@@ -14,9 +14,9 @@ from .output import echo_json, human_bytes
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(bundle: Path, as_json: bool) -> None:
     """Summarize a bundle folder or .tar: model, artifacts, targets, provenance."""
-    from ..bundle.summary import summarize
-    from ..bundle.pack import OpenedBundle
     from ..bundle.manifest import read_manifest
+    from ..bundle.pack import OpenedBundle
+    from ..bundle.summary import summarize
 
     with OpenedBundle(bundle) as opened:
         manifest = read_manifest(opened.folder)

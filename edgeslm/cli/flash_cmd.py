@@ -31,7 +31,8 @@ def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_ho
           limit_rate, keep, dry_run, rollback, verify_only, as_json) -> None:
     """Copy BUNDLE to a device (or a fleet), verify it there, and switch to it atomically."""
     from ..errors import UsageError
-    from ..flash.flasher import FlashOptions, flash_bundle, rollback as do_rollback, verify_device
+    from ..flash.flasher import FlashOptions, flash_bundle, verify_device
+    from ..flash.flasher import rollback as do_rollback
     from .rich_progress import RichProgress
 
     options = FlashOptions(target, identity, known_hosts, not insecure_no_host_key_check, jobs, dry_run, keep,

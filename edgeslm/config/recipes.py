@@ -12,10 +12,11 @@ import dataclasses
 import difflib
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError, ModelSourceError, UsageError
 from ..registry import formats as registered_formats

@@ -11,11 +11,12 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
+
+import tomllib
 
 from ..errors import ConfigError
 

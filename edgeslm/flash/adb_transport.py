@@ -9,10 +9,10 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..errors import AdbError, DiskSpaceError, EdgeslmError, FlashIOError
+from ..errors import AdbError, DiskSpaceError, FlashIOError
 from .destination import Destination
 
 

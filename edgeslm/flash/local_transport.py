@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..bundle.checksums import sha256_file
 from ..errors import DiskSpaceError, EdgeslmError, FlashIOError

@@ -6,8 +6,9 @@ interrupted copy resumes where it stopped; ``copy_within`` reuses a file already
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class Transport(Protocol):

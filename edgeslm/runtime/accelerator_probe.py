@@ -48,7 +48,7 @@ def probe_findings(os_name: str) -> Findings:
     return Findings(packages, **facts)
 
 
-def accelerators_from(files: "HostFiles", host: "HostProfile", findings: Findings) -> tuple[Accelerator, ...]:
+def accelerators_from(files: HostFiles, host: HostProfile, findings: Findings) -> tuple[Accelerator, ...]:
     from ..registry import backends
 
     return tuple(acc for backend in backends().values() for acc in backend.find_accelerators(files, host, findings))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 _BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _SUPPORTED = [["Replace", "ByteFallback", "Fuse", "Strip"], ["Replace", "ByteFallback", "Fuse"]]

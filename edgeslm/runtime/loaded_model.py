@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.pack import OpenedBundle
@@ -141,7 +142,7 @@ class LLM:
             self.engine = None
         self._opened.close()
 
-    def __enter__(self) -> "LLM":
+    def __enter__(self) -> LLM:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,8 +4,8 @@ no tokenizer of their own). Decoding uses the byte-fallback table where it appli
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import byte_fallback_detokenizer
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 
-
 def phi3_awq_config() -> Any:
     from mlx_lm.quant.awq import AWQConfig, ScaleConfig
 

@@ -8,8 +8,9 @@ the runtime's selection only picks this engine there when asked with ``--artifac
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from ...errors import BackendMissingError
 from ...runtime.generation import GenerationOptions
@@ -58,6 +59,6 @@ class MlxEngine:
         self.model = None
 
 
-def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+def open_engine(artifact_dir: Path, candidate: Candidate, host: HostProfile, manifest: Manifest,
                 threads: int | None = None) -> MlxEngine:
     return MlxEngine(artifact_dir)

@@ -6,7 +6,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ...build.layer_widths import group_size_problem
+from ...builder.layer_widths import group_size_problem
 
 
 @dataclass(frozen=True)

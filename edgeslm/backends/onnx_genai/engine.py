@@ -8,8 +8,9 @@ engine always sets it from the host probe.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from ...errors import BackendMissingError, EngineLoadError
 from ...runtime.generation import GenerationOptions
@@ -70,6 +71,6 @@ class OnnxGenaiEngine:
         self.model = None
 
 
-def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+def open_engine(artifact_dir: Path, candidate: Candidate, host: HostProfile, manifest: Manifest,
                 threads: int | None = None) -> OnnxGenaiEngine:
     return OnnxGenaiEngine(artifact_dir, candidate.device, threads or host.physical_cores, manifest.model.vocab_size)

@@ -12,9 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult, converter_errors, require_modules
-from ...build.source import SourceModel
+from ...builder.captured_output import captured_output
+from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
+from ...builder.source import SourceModel
 from ...package_versions import version_of
 from ...progress import Progress
 from .settings import OnnxSettings

@@ -8,8 +8,8 @@ differ. ``scored_on`` says which provider ran, for the manifest.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

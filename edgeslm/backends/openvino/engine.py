@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ class OpenVinoEngine:
         self.tokenizer = None
 
 
-def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+def open_engine(artifact_dir: Path, candidate: Candidate, host: HostProfile, manifest: Manifest,
                 threads: int | None = None) -> OpenVinoEngine:
     properties = pipeline_properties(candidate.device, dict(candidate.artifact.details),
                                      threads or host.physical_cores)

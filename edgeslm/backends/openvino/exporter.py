@@ -11,10 +11,10 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult, require_modules
-from ...build.source import SourceModel
-from ...build.text_windows import BuildText
+from ...builder.captured_output import captured_output
+from ...builder.exporter import ExportJob, ExportResult, require_modules
+from ...builder.source import SourceModel
+from ...builder.text_windows import BuildText
 from ...errors import BackendMissingError, BuildError, UsageError
 from ...package_versions import version_of
 from ...progress import Progress

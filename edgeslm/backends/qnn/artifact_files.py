@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class QnnArtifact:
     sin: np.ndarray
 
     @classmethod
-    def open(cls, folder: Path) -> "QnnArtifact":
+    def open(cls, folder: Path) -> QnnArtifact:
         try:
             config = json.loads((folder / "qnn_config.json").read_text(encoding="utf-8"))
             rope = np.load(folder / "rope.npz")

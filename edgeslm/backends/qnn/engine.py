@@ -10,17 +10,18 @@ run on the HTP simulator of onnxruntime-qnn, slowly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import BundleError, EngineLoadError
 from ...runtime.generation import GenerationOptions
-from .host_support import compiled_soc
 from ...runtime.tokenizer_json import TokenizerJson
 from . import ep_sessions
 from .artifact_files import QnnArtifact
+from .host_support import compiled_soc
 
 if TYPE_CHECKING:
     from ...bundle.manifest import Manifest
@@ -81,7 +82,7 @@ class QnnEngine:
         self.loop = None
 
 
-def open_engine(artifact_dir: Path, candidate: "Candidate", host: "HostProfile", manifest: "Manifest",
+def open_engine(artifact_dir: Path, candidate: Candidate, host: HostProfile, manifest: Manifest,
                 threads: int | None = None) -> QnnEngine:
     artifact = QnnArtifact.open(artifact_dir)
     socs = artifact.config["socs"]

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ...build.captured_output import captured_output
-from ...build.exporter import ExportJob, ExportResult, converter_errors, require_modules
-from ...build.source import SourceModel
+from ...builder.captured_output import captured_output
+from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
+from ...builder.source import SourceModel
 from ...config.strict import to_plain
 from ...errors import UsageError
 from ...package_versions import version_of

@@ -8,7 +8,7 @@ record calibration inputs), the QDQ graphs on the CPU (quality) and the compiled
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -8,8 +8,8 @@ compiled graphs run on the HTP backend (the simulator on x86_64).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def io_names(layers: int) -> tuple[list[str], list[str]]:
     inputs = ["inputs_embeds", "cos", "sin", "attention_mask"]
     outputs = ["logits"]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..bundle.checksums import sha256_file
 from ..errors import ModelSourceError

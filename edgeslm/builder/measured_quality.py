@@ -14,15 +14,15 @@ manifest).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from ..backend import FormatSpec
 from ..bundle.manifest import Quality
 from ..errors import QualityError
-from ..backend import FormatSpec
 from ..registry import backend_of
 from .text_windows import BuildText
 
@@ -80,7 +80,7 @@ class SourceReference:
         self.logprob_files = logprob_files
 
     @classmethod
-    def compute(cls, model_dir: Path, config: dict, plan: EvaluationPlan, work_dir: Path) -> "SourceReference":
+    def compute(cls, model_dir: Path, config: dict, plan: EvaluationPlan, work_dir: Path) -> SourceReference:
         from .reference_logits import reference_logits
 
         nll, files = [], []

@@ -72,7 +72,7 @@ class _Checkpoint:
             self.files = {name: model_dir / fname for name, fname in weight_map.items()}
         elif single.is_file():
             with safe_open(single, framework="pt") as f:
-                self.files = {name: single for name in f.keys()}
+                self.files = dict.fromkeys(f.keys(), single)  # noqa: SIM118 - safe_open is not iterable
         else:
             raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {model_dir}")
 

@@ -22,18 +22,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..backend import FormatSpec
 from ..bundle.checksums import sha256_file
-from ..bundle.manifest import (SCHEMA, SCHEMA_VERSION, Artifact, ContextEnvelope, FileEntry, Manifest, MemoryNeeds,
-                               Provenance, Runtime, TargetEntry, write_manifest)
+from ..bundle.manifest import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    Artifact,
+    ContextEnvelope,
+    FileEntry,
+    Manifest,
+    MemoryNeeds,
+    Provenance,
+    Runtime,
+    TargetEntry,
+    write_manifest,
+)
 from ..bundle.pack import pack_bundle
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
 from ..errors import BuildError, DiskSpaceError, EdgeslmError, ModelSourceError, OutputExistsError, UsageError
-from ..backend import FormatSpec
-from ..registry import formats as registered_formats
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
+from ..registry import formats as registered_formats
 from .build_folders import BuildFolders, remove_stale
 from .exporter import ExportJob, ExportResult, get_exporter
 from .measured_quality import EvaluationPlan, QualityRequest, SourceReference, score_artifact

@@ -9,7 +9,8 @@ size and the ``--set`` that works.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 def layer_input_widths(config: dict[str, Any]) -> dict[int, tuple[str, ...]]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
-from ..errors import BackendMissingError, BuildError, DiskSpaceError, EdgeslmError
 from ..backend import FormatSpec
+from ..errors import BackendMissingError, BuildError, DiskSpaceError, EdgeslmError
 from ..progress import Progress
 from .source import SourceModel
 from .text_windows import BuildText
