@@ -13,9 +13,10 @@ def version_of(dist: str) -> str | None:
         return None
 
 
-def version_tuple(text: str) -> tuple[int, ...]:
-    """'0.18.0rc1' -> (0, 18, 0): enough to compare release numbers."""
-    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3])
+def version_tuple(text: str) -> tuple[int, int, int]:
+    """'0.18.0rc1' -> (0, 18, 0), '2.7' -> (2, 7, 0): enough to compare release numbers."""
+    numbers = [int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))
 
 
 def at_least(installed: str, minimum: str) -> bool:

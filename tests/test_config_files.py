@@ -19,7 +19,6 @@ name = "{name}"
 description = "test"
 os = ["linux"]
 cpu_arch = "arm64"
-cpu_features = ["neon"]
 ram_gb = [4]
 formats = ["onnx-int4-cpu"]
 [planning]

@@ -187,3 +187,23 @@ def test_device_override(fleet_manifest):
     sel = rank_artifacts(fleet_manifest, h, device="cpu")
     assert sel.chosen.artifact.id == "onnx-int4-cpu"
     assert "--device cpu" in _reasons(sel)["onnx-int4-cuda"]
+
+
+def test_target_reserve_ram_leaves_more_free(fleet_manifest):
+    # planning.reserve_ram_gb of the targets an artifact was built for is left free (at least 256 MiB always).
+    h = host("raspberrypi5")
+    art = fleet_manifest.artifact("onnx-int4-cpu")
+    kv, base = art.memory.kv_cache_bytes_per_token, art.memory.weight_bytes + art.memory.runtime_overhead_bytes
+    tight = dataclasses.replace(h, ram_available_bytes=base + 2**30 + kv * 1500)
+    assert rank_artifacts(fleet_manifest, tight).chosen.context.total_tokens == 4096  # only 256 MiB left free
+    reserving = dataclasses.replace(fleet_manifest, targets={
+        **fleet_manifest.targets, "raspberrypi5": TargetEntry(("onnx-int4-cpu",), 4096, reserve_ram_bytes=2**30)})
+    plan = rank_artifacts(reserving, tight).chosen.context
+    assert plan.limited_by == "RAM" and plan.total_tokens == 1500
+
+
+def test_versions_compare_by_release_numbers():
+    from edgeslm.package_versions import at_least
+
+    assert at_least("2.7", "2.7.0") and at_least("2.7.0", "2.7") and at_least("0.18.1rc1", "0.18")
+    assert not at_least("2.6.9", "2.7")

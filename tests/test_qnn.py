@@ -41,7 +41,9 @@ CONTEXT = 256
 @pytest.fixture(scope="session")
 def qnn_bundle(tmp_path_factory) -> Path:
     # Context 256 keeps the simulator fast; calibration uses the held-out text after the 4 x 128 windows.
-    return build_for_target(tmp_path_factory, "snapdragon-x-elite", "--eval-window-tokens", "128",
+    # Both Snapdragon targets: binaries are compiled for the targets' SoCs (Target.soc), here both of them.
+    return build_for_target(tmp_path_factory, "snapdragon-x-elite", "--target", "snapdragon-8-gen-3",
+                            "--eval-window-tokens", "128",
                             "--set", f"qnn-context.context_length={CONTEXT}")
 
 

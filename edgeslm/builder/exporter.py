@@ -31,6 +31,7 @@ class ExportJob:
     default_total_tokens: int  # planned context of the targets that use this artifact
     calibration: BuildText  # for data-aware quantization: --calibration-text, else the --eval-text after its
     # evaluation windows, else the built-in calibration text (text_windows.calibration_text)
+    target_socs: tuple[str, ...] = ()  # the SoCs of the targets taking this artifact (empty: not every one names one)
 
 
 @dataclass(frozen=True)

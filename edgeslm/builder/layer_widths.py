@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ..model_shape import ModelShape
+
 
 def layer_input_widths(config: dict[str, Any]) -> dict[int, tuple[str, ...]]:
     """width -> the layers that take it as input (qkv/gate_up/lm_head: hidden; o_proj; down_proj)."""
-    hidden = int(config["hidden_size"])
-    heads = int(config["num_attention_heads"])
-    head_dim = int(config.get("head_dim") or hidden // heads)
+    shape = ModelShape.of(config)
     widths: dict[int, list[str]] = {}
-    for width, layer in ((hidden, "qkv_proj, gate_up_proj, lm_head"), (heads * head_dim, "o_proj"),
-                         (int(config["intermediate_size"]), "down_proj")):
+    for width, layer in ((shape.hidden_size, "qkv_proj, gate_up_proj, lm_head"), (shape.heads * shape.head_dim, "o_proj"),
+                         (shape.intermediate_size, "down_proj")):
         widths.setdefault(width, []).append(layer)
     return {width: tuple(layers) for width, layers in widths.items()}
 

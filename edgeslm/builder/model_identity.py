@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..bundle.manifest import ChatInfo, ModelInfo, SourceFile
+from ..bundle.manifest import ChatInfo, FileEntry, ModelInfo
 from ..errors import ModelSourceError
+from ..json_files import read_json
 from .source import SourceModel
 
 
@@ -25,7 +25,7 @@ def model_info(source: SourceModel) -> ModelInfo:
             num_key_value_heads=int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"]),
             vocab_size=int(cfg["vocab_size"]),
             max_position_embeddings=int(cfg["max_position_embeddings"]),
-            source_files=tuple(SourceFile(w.path, w.size, w.sha256) for w in source.weight_files),
+            source_files=tuple(FileEntry(w.path, w.size, w.sha256) for w in source.weight_files),
             hub_id=source.hub_id or "",
         )
     except (KeyError, TypeError, ValueError) as exc:
@@ -80,8 +80,5 @@ def _token_text(value: Any) -> str:
 def _json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{path} is not valid JSON: {exc}") from None
+    data = read_json(path, ModelSourceError, kind=object)
     return data if isinstance(data, dict) else {}

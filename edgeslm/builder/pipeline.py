@@ -182,8 +182,10 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
     for spec in formats:
         art_dir = staging / "artifacts" / spec.name
         art_dir.mkdir(parents=True)
-        default_total = max(t.planning.default_context_length for t in targets if spec.name in t.formats)
-        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, calibration)
+        takers = [t for t in targets if spec.name in t.formats]
+        default_total = max(t.planning.default_context_length for t in takers)
+        socs = tuple(t.soc for t in takers) if all(t.soc for t in takers) else ()
+        job = ExportJob(source, spec, settings[spec.name], art_dir, work, default_total, calibration, socs)
         result = exporters[spec.name].export(job, progress)
         packages.update(result.packages)
         quality = None
@@ -192,7 +194,8 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
                 quality = score_artifact(plan, reference, spec, art_dir)
         files = _hash_tree(staging, art_dir, progress, f"{spec.name}: checksums")
         artifacts.append(_artifact_entry(spec, result, files, default_total, quality))
-    target_map = {t.name: TargetEntry(tuple(t.formats), t.planning.default_context_length) for t in targets}
+    target_map = {t.name: TargetEntry(tuple(t.formats), t.planning.default_context_length,
+                                      int(t.planning.reserve_ram_gb * 2**30)) for t in targets}
     digest = hashlib.sha256("".join(f.sha256 for a in artifacts for f in a.files).encode()).hexdigest()
     manifest = Manifest(
         schema=SCHEMA,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from ..model_shape import ModelShape
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 EMBED = "model.embed_tokens.weight"
@@ -142,7 +144,7 @@ def _decoder_layer(h: torch.Tensor, w: dict[str, torch.Tensor], config: dict[str
 def _attention(x: torch.Tensor, qkv_w: torch.Tensor, o_w: torch.Tensor, config: dict[str, Any], cos: torch.Tensor,
                sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     batch, length, _ = x.shape
-    heads, head_dim = int(config["num_attention_heads"]), _head_dim(config)
+    heads, head_dim = int(config["num_attention_heads"]), ModelShape.of(config).head_dim
     kv_heads = int(config.get("num_key_value_heads") or heads)
     q, k, v = F.linear(x, qkv_w).split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
     q = q.view(batch, length, heads, head_dim).transpose(1, 2)
@@ -172,10 +174,6 @@ def _sliding_window_mask(window: int | None, length: int) -> torch.Tensor | None
     return (kv <= q) & (kv > q - int(window))
 
 
-def _head_dim(config: dict[str, Any]) -> int:
-    return int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
-
-
 def _rope_params(config: dict[str, Any]) -> dict[str, Any]:
     # transformers < 5 writes "rope_scaling"; transformers 5 writes "rope_parameters" (with rope_theta inside)
     return config.get("rope_scaling") or config.get("rope_parameters") or {}
@@ -194,7 +192,7 @@ def _rope(config: dict[str, Any], seq_len: int, positions: int) -> tuple[torch.T
     times attention_factor = sqrt(1 + ln(factor) / ln(original)), factor = max / original positions
     (1.0 when factor <= 1; rope_scaling's own "factor" / "attention_factor" win when given).
     """
-    params, dim = _rope_params(config), _head_dim(config)
+    params, dim = _rope_params(config), ModelShape.of(config).head_dim
     base = float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     ext, attention_factor = torch.ones_like(exponents), 1.0

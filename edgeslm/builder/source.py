@@ -8,9 +8,7 @@ weight file is recorded for the manifest's provenance.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 from ..bundle.checksums import sha256_file
 from ..errors import ModelSourceError
+from ..json_files import read_json
+from ..safetensors_header import read_header
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
@@ -116,22 +116,15 @@ def read_config(path: Path) -> dict[str, Any]:
     if not config_path.is_file():
         raise ModelSourceError(f"{path} has no config.json, so it is not a Hugging Face checkpoint",
                                hint="pass the folder that holds config.json and the *.safetensors files")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{config_path} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise ModelSourceError(f"{config_path} does not hold a JSON object")
-    return config
+    return read_json(config_path, ModelSourceError)
 
 
 def list_weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ModelSourceError(f"{index} is not a valid safetensors index: {exc}") from None
+        weight_map = read_json(index, ModelSourceError).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ModelSourceError(f"{index} is not a valid safetensors index: it has no 'weight_map' object")
         names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
@@ -151,15 +144,8 @@ def check_safetensors(path: Path) -> int:
     """Validate a safetensors header against the file size; return the parameter count."""
     size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise ValueError("file shorter than its 8-byte header length")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > min(size - 8, 100 * 1024 * 1024):
-                raise ValueError(f"header length {header_len} does not fit in the file")
-            header = json.loads(fh.read(header_len))
-    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        header_len, header = read_header(path)
+    except (ValueError, OSError) as exc:
         raise ModelSourceError(f"{path.name} is not a valid safetensors file: {exc}",
                                hint="the file is corrupt or truncated; download it again") from None
     data_len = size - 8 - header_len

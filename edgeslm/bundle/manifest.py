@@ -14,6 +14,7 @@ from typing import Any
 
 from ..config.strict import parse, to_plain
 from ..errors import BundleError, ConfigError
+from ..json_files import read_json
 
 SCHEMA = "edgeslm-bundle"
 SCHEMA_VERSION = 2
@@ -23,13 +24,8 @@ MANIFEST_NAME = "manifest.json"
 
 @dataclass(frozen=True)
 class FileEntry:
-    path: str  # relative to the bundle root, '/' separated
-    size: int
-    sha256: str
+    """A file and its checksum: in a bundle (path relative to its root, '/' separated) or a source checkpoint."""
 
-
-@dataclass(frozen=True)
-class SourceFile:
     path: str
     size: int
     sha256: str
@@ -47,7 +43,7 @@ class ModelInfo:
     num_key_value_heads: int
     vocab_size: int
     max_position_embeddings: int
-    source_files: tuple[SourceFile, ...]
+    source_files: tuple[FileEntry, ...]
     hub_id: str = ""
 
 
@@ -121,6 +117,7 @@ class Artifact:
 class TargetEntry:
     artifacts: tuple[str, ...]  # artifact ids in order of preference
     context_length: int  # the target's planned default context
+    reserve_ram_bytes: int = 0  # RAM the OS and other processes keep on such a device (planning.reserve_ram_gb)
 
 
 @dataclass(frozen=True)
@@ -181,11 +178,7 @@ def read_manifest(folder: Path) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: it has no {MANIFEST_NAME}",
                           hint="pass the folder made by 'edgeslm build'")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from None
-    return manifest_from_json(data, str(path))
+    return manifest_from_json(read_json(path, BundleError, kind=object), str(path))
 
 
 def manifest_from_json(data: Any, where: str = MANIFEST_NAME) -> Manifest:

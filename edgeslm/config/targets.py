@@ -41,13 +41,12 @@ class Target:
     description: str
     os: tuple[OsName, ...]
     cpu_arch: CpuArch
-    cpu_features: tuple[str, ...]
     ram_gb: tuple[int, ...]
     formats: tuple[str, ...]
     planning: Planning
     aliases: tuple[str, ...] = ()
     accelerators: tuple[Accelerator, ...] = ()
-    soc: str = ""
+    soc: str = ""  # the device's SoC part number: NPU formats compiled per SoC are compiled for this one only
     source_file: str = ""
 
 

@@ -127,6 +127,7 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
     installed = t.listdir(layout.versions)
     if version in installed and not options.dry_run:
         _verify_remote(t, layout.version(version), entries, report, "installed")
+    return manifest
         if version == current:
             report.action = "already-active"
         else:
@@ -244,16 +245,16 @@ def _installed_version(destination: str, options: FlashOptions, action: str) -> 
             missing = "no previous version to roll back to" if rolling_back else "no bundle has been flashed there"
             raise UsageError(f"{dest}: {missing}")
         report = FlashReport(str(dest), version, action)
-        _verify_installed(t, layout, version, report)
+        manifest = _verify_installed(t, layout, version, report)
         if rolling_back:
-            activate(t, layout, version, version, "rollback")
+            activate(t, layout, version, manifest.bundle_id, "rollback")
         report.doctor = t.remote_doctor(layout.current_link)
         return report
     finally:
         t.close()
 
 
-def _verify_installed(t: Transport, layout: Layout, version: str, report: FlashReport) -> None:
+def _verify_installed(t: Transport, layout: Layout, version: str, report: FlashReport) -> Manifest:
     text = t.read_text(f"{layout.version(version)}/manifest.json")
     if not text:
         raise VerificationError(f"{report.destination}: version {version} has no manifest on the device")
@@ -261,3 +262,4 @@ def _verify_installed(t: Transport, layout: Layout, version: str, report: FlashR
     entries = [(f.path, f.size, f.sha256) for f in manifest.all_files()]
     report.files = len(entries)
     _verify_remote(t, layout.version(version), entries, report, "installed")
+    return manifest

@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import shlex
-import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import EdgeslmError
 from .destination import Destination
@@ -88,7 +87,7 @@ class SshTransport:
                                hint="connect once with ssh to accept its key, pass --known-hosts, "
                                     "or --insecure-no-host-key-check") from None
             raise SshError(f"SSH to {where} failed: {exc}") from None
-        except (OSError, socket.timeout) as exc:
+        except (TimeoutError, OSError) as exc:
             raise SshError(f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}",
                            hint="is the device on, reachable, and sshd running on that port?") from None
         self.client = client
@@ -177,7 +176,7 @@ class SshTransport:
             yield sftp
             healthy = True
         except OSError as exc:  # an SFTP status (no such file, permission denied): the client is fine
-            healthy = not isinstance(exc, (ConnectionError, socket.timeout))
+            healthy = not isinstance(exc, (ConnectionError, TimeoutError))
             raise
         finally:
             if healthy and not sftp.sock.closed and self.client.get_transport().is_active():
@@ -191,7 +190,7 @@ class SshTransport:
     def _guard(self, func, what: str, *args):
         try:
             return func(*args)
-        except (EOFError, self._paramiko.SSHException, socket.error) as exc:
+        except (OSError, EOFError, self._paramiko.SSHException) as exc:
             if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, ConnectionError):
                 raise
             detail = f"{type(exc).__name__}: {exc}".rstrip(": ")

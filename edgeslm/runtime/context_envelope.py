@@ -13,7 +13,8 @@ from ..bundle.manifest import Artifact, ContextEnvelope
 from ..errors import UsageError
 
 MIN_CONTEXT = 512
-SAFETY_BYTES = 256 * 2**20  # left free for the OS page cache, the Python process, the tokenizer
+SAFETY_BYTES = 256 * 2**20  # left free at least (page cache, the Python process, the tokenizer); a target's
+# planning.reserve_ram_gb (recorded in the manifest) raises it
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class ContextPlan:
 
 
 def plan_context(artifact: Artifact, available_bytes: int, requested: int | None = None,
-                 device: str = "cpu") -> ContextPlan | str:
+                 device: str = "cpu", reserve_bytes: int = 0) -> ContextPlan | str:
     """A plan, or a reason string when the artifact cannot run in this much memory.
 
     An artifact compiled for static shapes on a device (``details.device_context.<device>``, e.g. the
@@ -37,7 +38,7 @@ def plan_context(artifact: Artifact, available_bytes: int, requested: int | None
         ctx = ContextEnvelope(int(fixed["max_total_tokens"]), int(fixed["max_prompt_tokens"]),
                               int(fixed["max_total_tokens"]))
     base = mem.weight_bytes + mem.runtime_overhead_bytes
-    usable = available_bytes - SAFETY_BYTES
+    usable = available_bytes - max(SAFETY_BYTES, reserve_bytes)
     if base + mem.kv_cache_bytes_per_token * MIN_CONTEXT > usable:
         return (f"needs {_gib(base + mem.kv_cache_bytes_per_token * MIN_CONTEXT)} for weights and a "
                 f"{MIN_CONTEXT}-token KV cache, {_gib(max(usable, 0))} RAM available")

@@ -75,7 +75,8 @@ def rank_artifacts(manifest: Manifest, host: HostProfile, artifact_id: str | Non
         if artifact_id is not None and art.id != artifact_id:
             rejected.append(RejectedArtifact(art.id, f"not requested (--artifact {artifact_id})"))
             continue
-        outcome = _evaluate(art, host, explicit=artifact_id is not None, context=context)
+        outcome = _evaluate(art, host, explicit=artifact_id is not None, context=context,
+                            reserve=_reserve(manifest, art.id))
         if isinstance(outcome, str):
             rejected.append(RejectedArtifact(art.id, outcome))
         elif device is not None and outcome[0] != device:
@@ -97,7 +98,12 @@ def _preference(manifest: Manifest) -> dict[str, int]:
     return best
 
 
-def _evaluate(art: Artifact, host: HostProfile, explicit: bool, context: int | None):
+def _reserve(manifest: Manifest, artifact_id: str) -> int:
+    """RAM to leave free: the largest reserve of the targets the artifact was built for."""
+    return max((t.reserve_ram_bytes for t in manifest.targets.values() if artifact_id in t.artifacts), default=0)
+
+
+def _evaluate(art: Artifact, host: HostProfile, explicit: bool, context: int | None, reserve: int = 0):
     spec = formats().get(art.format)
     if spec is None:
         return (f"unknown format '{art.format}' (made by a newer edgeslm, or by a backend plugin that is not "
@@ -112,7 +118,7 @@ def _evaluate(art: Artifact, host: HostProfile, explicit: bool, context: int | N
         return f"runtime package {art.runtime.package} is not installed (pip install 'edgeslm[{spec.device_extra}]')"
     if not at_least(version, art.runtime.min_version):
         return f"{art.runtime.package} {version} is older than the {art.runtime.min_version} this artifact needs"
-    plan = plan_context(art, host.ram_available_bytes, context, device=placed.device)
+    plan = plan_context(art, host.ram_available_bytes, context, device=placed.device, reserve_bytes=reserve)
     if isinstance(plan, str):
         return plan
     return placed.device, placed.accelerator, plan, version

@@ -15,6 +15,7 @@ from ...builder.captured_output import captured_output
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
 from ...builder.source import SourceModel
 from ...errors import BuildError, UsageError
+from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
 from . import longrope
@@ -64,9 +65,6 @@ class MlxExporter:
                              f"{settings.group_size}: {len(written['layers'])} quantized layers, mismatched "
                              f"{sorted(wrong)[:3]}", hint=f"see the log {log_path}")
         cfg = job.source.config
-        layers = int(cfg["num_hidden_layers"])
-        heads = int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
         limit = longrope.context_limit(cfg)
         max_total = min(int(cfg.get("max_position_embeddings", job.default_total_tokens)), limit or 1 << 30)
         return ExportResult(
@@ -77,7 +75,7 @@ class MlxExporter:
                           "bits_histogram": written["bits_histogram"]},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
-            kv_cache_bytes_per_token=2 * layers * heads * head_dim * _KV_BYTES[dtype],
+            kv_cache_bytes_per_token=ModelShape.of(cfg).kv_cache_bytes_per_token(_KV_BYTES[dtype]),
             kv_cache_dtype=dtype,
             weight_bytes=sum(p.stat().st_size for p in job.out_dir.glob("model*.safetensors")),
             runtime_overhead_bytes=300 * 2**20,

@@ -8,19 +8,15 @@ the artifact itself, not the config that claims it.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ...safetensors_header import read_header
+
 
 def _header(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        (length,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(length))
-    header.pop("__metadata__", None)
-    return header
+    return read_header(path)[1]
 
 
 def quantized_layers(artifact_dir: Path, group_size: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from ...builder.captured_output import captured_output
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
 from ...builder.source import SourceModel
+from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
 from .settings import OnnxSettings
@@ -93,10 +94,8 @@ class OnnxGenaiExporter:
 
         model = onnx.load(str(model_path), load_external_data=False)
         elem = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name.startswith("past_key")), 1)
-        layers = int(hf_config["num_hidden_layers"])
-        heads = int(hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"])
-        head_dim = int(hf_config.get("head_dim") or hf_config["hidden_size"] // hf_config["num_attention_heads"])
-        return _DTYPE_NAMES.get(elem, str(elem)), 2 * layers * heads * head_dim * _DTYPE_BYTES.get(elem, 4)
+        return _DTYPE_NAMES.get(elem, str(elem)), ModelShape.of(hf_config).kv_cache_bytes_per_token(
+            _DTYPE_BYTES.get(elem, 4))
 
 
 EXPORTER = OnnxGenaiExporter()

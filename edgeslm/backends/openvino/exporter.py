@@ -16,6 +16,7 @@ from ...builder.exporter import ExportJob, ExportResult, require_modules
 from ...builder.source import SourceModel
 from ...builder.text_windows import BuildText
 from ...errors import BackendMissingError, BuildError, UsageError
+from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
 from .ir_inspection import weight_compression_stats
@@ -72,8 +73,6 @@ class OpenVinoExporter:
             _convert_tokenizer(job.source.path, job.out_dir, log_path)
         stats = weight_compression_stats(job.out_dir / "openvino_model.xml")
         cfg = job.source.config
-        layers, heads = int(cfg["num_hidden_layers"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
-        head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
         max_total = int(cfg.get("max_position_embeddings", job.default_total_tokens))
         npu_total = settings.npu_max_prompt_len + settings.npu_min_response_len
         return ExportResult(
@@ -82,7 +81,7 @@ class OpenVinoExporter:
                           "ir_weights": stats},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
-            kv_cache_bytes_per_token=2 * layers * heads * head_dim * KV_BYTES,
+            kv_cache_bytes_per_token=ModelShape.of(cfg).kv_cache_bytes_per_token(KV_BYTES),
             kv_cache_dtype="float16",
             weight_bytes=(job.out_dir / "openvino_model.bin").stat().st_size,
             runtime_overhead_bytes=400 * 2**20,

@@ -24,6 +24,7 @@ from ...builder.exporter import ExportJob, ExportResult, converter_errors, requi
 from ...builder.source import SourceModel
 from ...config.strict import to_plain
 from ...errors import UsageError
+from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
 from . import ep_sessions, qai_hub_compiler
@@ -61,6 +62,10 @@ class QnnExporter:
         if settings.context_length > int(cfg.get("original_max_position_embeddings") or 4096):
             raise UsageError(f"qnn-context.context_length {settings.context_length} exceeds the model's "
                              f"original_max_position_embeddings")
+        try:
+            compile_for = settings.socs_for(job.target_socs)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         calibration_ids = self._calibration_ids(job, settings)
         shape = _shape(cfg)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
@@ -83,7 +88,7 @@ class QnnExporter:
                                    settings.weight_bits)
         del feeds
         socs = {}
-        for name, soc in settings.socs.items():
+        for name, soc in compile_for.items():
             with progress.task(f"{job.fmt.name}: compile HTP context binaries for {name} "
                                f"(soc_model {soc.soc_model}, v{soc.htp_arch}) with {settings.compiler}"):
                 with converter_errors(job.fmt.name, f"context binary compilation for {name}", log_path), \
@@ -109,7 +114,7 @@ class QnnExporter:
                           **to_plain(settings)},
             max_total_tokens=settings.context_length,
             max_prompt_tokens=settings.context_length - 1,
-            kv_cache_bytes_per_token=2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 4,
+            kv_cache_bytes_per_token=ModelShape.of(job.source.config).kv_cache_bytes_per_token(4),
             kv_cache_dtype="float32 (host buffers; 16-bit on the NPU)",
             weight_bytes=device_bytes,
             runtime_overhead_bytes=300 * 2**20,
@@ -185,10 +190,9 @@ class QnnExporter:
 
 
 def _shape(cfg: dict[str, Any]) -> dict[str, int]:
-    heads = int(cfg["num_attention_heads"])
-    return {"layers": int(cfg["num_hidden_layers"]), "kv_heads": int(cfg.get("num_key_value_heads") or heads),
-            "head_dim": int(cfg.get("head_dim") or cfg["hidden_size"] // heads), "hidden_size": int(cfg["hidden_size"]),
-            "vocab_size": int(cfg["vocab_size"])}
+    shape = ModelShape.of(cfg)
+    return {"layers": shape.layers, "kv_heads": shape.kv_heads, "head_dim": shape.head_dim,
+            "hidden_size": shape.hidden_size, "vocab_size": shape.vocab_size}
 
 
 EXPORTER = QnnExporter()

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ...model_shape import ModelShape
+
 
 def rope_tables(config: dict[str, Any], positions: int) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin), each [positions, head_dim] float32."""
-    head_dim = int(config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
+    head_dim = ModelShape.of(config).head_dim
     rotary = head_dim  # Phi-3 rotates the whole head (the exporter refuses partial_rotary_factor != 1)
     base = float(config.get("rope_theta", 10000.0))
     exponents = np.arange(0, rotary, 2, dtype=np.int64).astype(np.float32) / rotary

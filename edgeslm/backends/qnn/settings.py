@@ -72,3 +72,18 @@ class QnnSettings:
         if not self.socs:
             raise ValueError("socs must name at least one SoC")
 
+    def socs_for(self, target_socs: tuple[str, ...]) -> dict[str, SocParameters]:
+        """The recipe's SoCs that the targets name (all of them when the targets name none); a target SoC
+        the recipe has no parameters for is an error."""
+        if not target_socs:
+            return dict(self.socs)
+        chosen = {}
+        for wanted in target_socs:
+            match = next((name for name, soc in self.socs.items()
+                          if wanted.lower() in (name.lower(), *soc.device_ids)), None)
+            if match is None:
+                raise ValueError(f"the target's SoC {wanted} has no [formats.qnn-context.socs.{wanted}] table in the "
+                                 f"recipe (it has {', '.join(self.socs)})")
+            chosen[match] = self.socs[match]
+        return chosen
+
