@@ -127,7 +127,6 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
     installed = t.listdir(layout.versions)
     if version in installed and not options.dry_run:
         _verify_remote(t, layout.version(version), entries, report, "installed")
-    return manifest
         if version == current:
             report.action = "already-active"
         else:
