@@ -65,6 +65,18 @@ def built_bundle(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory) -> Path:
+    """Every target in one build, with no flags but --target/--model/--out (formats shared once)."""
+    from edgeslm.config.targets import all_targets
+
+    out = tmp_path_factory.mktemp("defaults") / "all.bundle"
+    targets = [arg for name in all_targets() for arg in ("--target", name)]
+    result = run_cli("build", *targets, "--model", str(DOCS_MODEL), "--out", str(out), timeout=1800)
+    assert result.returncode == 0, result
+    return out
+
+
 @pytest.fixture()
 def bundle_copy(built_bundle, tmp_path) -> Path:
     """A private copy of the session bundle that a test may damage."""

@@ -38,16 +38,6 @@ def test_fresh_clone_collects_every_test_with_nothing_beside_it(tmp_path):
     assert count == int(here.stdout.strip().splitlines()[-1].split()[0]) and count > 100
 
 
-@pytest.fixture(scope="session")
-def default_bundle(tmp_path_factory) -> Path:
-    """Every target in one build, with no flags but --target/--model/--out (formats shared once)."""
-    out = tmp_path_factory.mktemp("defaults") / "all.bundle"
-    targets = [arg for name in all_targets() for arg in ("--target", name)]
-    result = run_cli("build", *targets, "--model", str(DOCS_MODEL), "--out", str(out), timeout=1800)
-    assert result.returncode == 0, result
-    return out
-
-
 def test_default_build_for_every_target_measures_every_artifact(default_bundle):
     manifest = json.loads((default_bundle / "manifest.json").read_text())
     assert manifest["schema_version"] == 2 and manifest["warnings"] == []

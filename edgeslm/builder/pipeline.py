@@ -115,6 +115,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
                                f"not {', '.join(config.get('architectures') or ['?'])}")
     with progress.task("Checking the source weights (safetensors headers, sha256)") as advance:
         source = scan_weights(model_path, hub_id, config, hash_progress=advance)
+    recipe = recipe.with_defaults_for([s.name for s in formats])
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
     settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
     for spec in formats:

@@ -40,6 +40,31 @@ class LazyGroup(click.Group):
         module_name, _, attr = COMMANDS[name][0].partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; an EdgeslmError becomes one 'edgeslm: error:' line and its exit code (the only
+        place errors are mapped), a bug one 'internal error' line; tracebacks only with --debug."""
+        from ..errors import EdgeslmError
+
+        debug = bool(ctx.params.get("debug")) or bool(os.environ.get("EDGESLM_DEBUG"))
+        try:
+            return super().invoke(ctx)
+        except EdgeslmError as exc:
+            if debug:
+                raise
+            click.echo(f"edgeslm: error: {exc.one_line()}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("edgeslm: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # an unexpected bug: one line unless --debug
+            if debug:
+                raise
+            click.echo(f"edgeslm: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                       err=True)
+            ctx.exit(70)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
@@ -57,16 +82,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import EdgeslmError
-
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("EDGESLM_DEBUG"))
+    """The console script; EdgeslmErrors are mapped in ``LazyGroup.invoke`` (so CliRunner sees the same)."""
     try:
         code = cli.main(args=argv, prog_name="edgeslm", standalone_mode=False)
-    except EdgeslmError as exc:
-        if debug:
-            raise
-        click.echo(f"edgeslm: error: {exc.one_line()}", err=True)
-        return exc.exit_code
     except click.exceptions.Abort:
         click.echo("edgeslm: aborted", err=True)
         return 130
@@ -78,12 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except Exception as exc:  # an unexpected bug: one line unless --debug
-        if debug:
-            raise
-        click.echo(f"edgeslm: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                   err=True)
-        return 70
     return code if isinstance(code, int) else 0
 
 

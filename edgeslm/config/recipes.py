@@ -62,6 +62,23 @@ class Recipe:
                               hint=f"add a [formats.{fmt}] table to {Path(self.source_file).name}")
         return self.formats[fmt]
 
+    def with_defaults_for(self, names: list[str]) -> Recipe:
+        """The recipe with the backend's default settings for formats it has no table for (a format from
+        a plugin works with the shipped recipes); a settings class without defaults needs the table."""
+        known = registered_formats()
+        missing = {name: known[name] for name in names if name not in self.formats}
+        if not missing:
+            return self
+        added = {}
+        for name, spec in missing.items():
+            try:
+                added[name] = spec.settings_class()()
+            except TypeError:
+                raise ConfigError(f"recipe '{self.name}' has no settings for format '{name}' and its backend has "
+                                  "no defaults", hint=f"add a [formats.{name}] table to "
+                                                      f"{Path(self.source_file).name}") from None
+        return dataclasses.replace(self, formats=MappingProxyType({**self.formats, **added}))
+
     def to_json(self) -> dict[str, Any]:
         data = to_plain(self)
         data.pop("source_file", None)
