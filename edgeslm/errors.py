@@ -4,9 +4,18 @@ Every error the library raises on purpose is an :class:`EdgeslmError`. Each carr
 ``message``, an optional ``hint`` (what the user can do about it) and an ``exit_code`` that the CLI
 uses. The CLI maps these to a single line on stderr; tracebacks appear only with ``--debug``.
 Library code never prints or exits.
+
+Library code does not know the command line's flags: where a message or hint names an option it
+writes the library's parameter name in double brackets, ``[[force]]``. ``one_line()`` renders it as
+```force``` for library callers; the CLI passes its own spelling (``cli/option_flags.py``: ``--force``).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+OPTION = re.compile(r"\[\[([a-z_]+)\]\]")
 
 
 class EdgeslmError(Exception):
@@ -19,11 +28,13 @@ class EdgeslmError(Exception):
         self.message = message
         self.hint = hint
 
-    def one_line(self) -> str:
+    def one_line(self, spell: Callable[[str], str] | None = None) -> str:
+        """Message and hint on one line, ``[[option]]`` names spelled by ``spell`` (default: ```option```)."""
         text = self.message.strip().replace("\n", " ")
         if self.hint:
             text += f" (hint: {self.hint.strip()})"
-        return text
+        spell = spell or (lambda name: f"`{name}`")
+        return OPTION.sub(lambda m: spell(m.group(1)), text)
 
 
 class UsageError(EdgeslmError):

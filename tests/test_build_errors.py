@@ -135,3 +135,17 @@ def test_failed_build_leaves_previous_bundle_intact(built_bundle: Path, tmp_path
     assert verify_bundle(out).ok
     leftovers = [p.name for p in tmp_path.iterdir() if ".partial-" in p.name]
     assert leftovers == []
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path: Path):
+    # Library code does not know the command line: a hint names the library's parameter, the CLI its flag.
+    from edgeslm.builder.pipeline import BuildRequest, build_bundle
+    from edgeslm.cli.option_flags import flag
+    from edgeslm.errors import OutputExistsError
+
+    (tmp_path / "o").mkdir()
+    with pytest.raises(OutputExistsError) as caught:
+        build_bundle(BuildRequest(("raspberrypi",), str(DOCS_MODEL), tmp_path / "o"))
+    assert "pass `force` to replace it, or `out` elsewhere" in caught.value.one_line()
+    assert "pass --force to replace it, or --out elsewhere" in caught.value.one_line(flag)
+    assert flag("overrides") == "--set" and flag("allow_quality_loss") == "--allow-quality-loss"

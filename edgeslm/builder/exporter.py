@@ -100,7 +100,7 @@ def converter_errors(fmt_name: str, what: str, log_path: Path) -> Iterator[None]
     except OSError as exc:
         if exc.errno == 28:
             raise DiskSpaceError(f"out of disk space while writing {fmt_name}",
-                                 hint="free some space or pass --out on a larger disk") from None
+                                 hint="free some space or pass [[out]] on a larger disk") from None
         raise BuildError(f"{fmt_name}: {what} failed: {exc}", hint=f"see the log {log_path}") from exc
     except Exception as exc:  # converters raise bare Exceptions, ValueErrors, RuntimeErrors
         raise BuildError(f"{fmt_name}: {what} failed: {type(exc).__name__}: {exc}",

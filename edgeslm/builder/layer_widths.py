@@ -40,5 +40,5 @@ def group_size_problem(config: dict[str, Any], group_size: int, fmt: str, allowe
     text = (f"layer width {width} ({', '.join(layers)} input) is not divisible by {fmt} group_size "
             f"{group_size}")
     if fix is not None:
-        text += f": use --set {fmt}.group_size={fix}" + (" (channel-wise)" if fix == -1 else "")
+        text += f": use [[overrides]] {fmt}.group_size={fix}" + (" (channel-wise)" if fix == -1 else "")
     return text

@@ -120,7 +120,7 @@ def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: Format
             f"{fmt.name}: perplexity {artifact_ppl:.3f} is {change:+.2%} against the source's {source_ppl:.3f}, "
             f"more than the recipe's limit of +{plan.max_increase:.0%} (on {len(plan.windows)}×{plan.window_tokens} "
             f"tokens of {plan.text.label})",
-            hint="pass --allow-quality-loss to keep it anyway (the manifest records that), or change the recipe")
+            hint="pass [[allow_quality_loss]] to keep it anyway (the manifest records that), or change the recipe")
     return Quality(metric="perplexity", dataset=plan.text.label, windows=len(plan.windows),
                    window_tokens=plan.window_tokens, source=round(source_ppl, 4), artifact=round(artifact_ppl, 4),
                    relative_change=round(change, 5), dataset_sha256=plan.text.sha256(),

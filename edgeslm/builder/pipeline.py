@@ -79,7 +79,7 @@ class BuildResult:
 def plan_formats(target_names: tuple[str, ...]) -> tuple[list[Target], list[FormatSpec]]:
     """Resolve the targets and the formats they need, in order, each once."""
     if not target_names:
-        raise BuildError("no target given", hint="pass --target, e.g. --target raspberrypi")
+        raise BuildError("no target given", hint="pass [[targets]], e.g. raspberrypi")
     targets: list[Target] = []
     for name in target_names:
         target = resolve_target(name)
@@ -141,7 +141,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
         if isinstance(exc, OSError):
             if exc.errno == 28:
                 raise DiskSpaceError(f"out of disk space while building into {out.parent}",
-                                     hint="free some space or pass --out on a larger disk") from None
+                                     hint="free some space or pass [[out]] on a larger disk") from None
             raise BuildError(f"build failed: {exc}",
                              hint=f"converter logs are in {kept}" if kept else None) from exc
         raise
@@ -264,7 +264,7 @@ def _hash_tree(root: Path, folder: Path, progress: Progress, label: str) -> tupl
 
 def _check_destination(out: Path, force: bool) -> None:
     if out.exists() and not force:
-        raise OutputExistsError(f"output {out} already exists", hint="pass --force to replace it, or --out elsewhere")
+        raise OutputExistsError(f"output {out} already exists", hint="pass [[force]] to replace it, or [[out]] elsewhere")
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"output {out} exists and is not a folder")
 
@@ -276,13 +276,13 @@ def _check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(probe).free
     if free < needed:
         raise DiskSpaceError(f"not enough disk space in {probe}: the build needs about {needed / 2**20:,.0f} MiB, "
-                             f"{free / 2**20:,.0f} MiB are free", hint="free some space or pass --out on a larger disk")
+                             f"{free / 2**20:,.0f} MiB are free", hint="free some space or pass [[out]] on a larger disk")
 
 
 def _move_into_place(staging: Path, out: Path, force: bool) -> None:
     if out.exists():
         if not force:
-            raise OutputExistsError(f"output {out} appeared during the build", hint="pass --force to replace it")
+            raise OutputExistsError(f"output {out} appeared during the build", hint="pass [[force]] to replace it")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.rename(out, old)
         os.rename(staging, out)

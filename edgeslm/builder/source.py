@@ -89,7 +89,7 @@ def _from_hub(repo_id: str) -> Path:
         raise ModelSourceError(
             f"cannot get {repo_id} from the Hugging Face hub ({reason}) and it is not in the local cache",
             hint=f"on a connected machine run 'hf download {repo_id} --local-dir DIR', "
-                 f"copy DIR here and pass --model DIR") from None
+                 f"copy DIR here and pass [[model]] DIR") from None
 
 
 def load_source(model: str, hash_progress: Callable[[int], None] | None = None) -> SourceModel:

@@ -74,7 +74,7 @@ class BuildText:
         found = [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)][:count]
         if not found:
             raise UsageError(f"the calibration text {self.path.name} ({self.origin}) has too few tokens "
-                             f"({len(ids)}) for one sequence of {length}", hint="give a longer --calibration-text")
+                             f"({len(ids)}) for one sequence of {length}", hint="give a longer [[calibration_text]]")
         return found
 
 

@@ -173,7 +173,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise BundleError(f"bundle {folder} does not exist")
     if not folder.is_dir():
         raise BundleError(f"{folder} is not a bundle folder",
-                          hint="pass the folder made by 'edgeslm build' (or a .tar made by --pack)")
+                          hint="pass the folder made by 'edgeslm build' (or a .tar made with [[pack]])")
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: it has no {MANIFEST_NAME}",

@@ -23,7 +23,7 @@ def pack_bundle(folder: Path, tar_path: Path | None = None, force: bool = False)
         raise BundleError(f"{folder} is not a bundle: it has no {MANIFEST_NAME}")
     tar_path = Path(tar_path) if tar_path else folder.with_name(folder.name + ".tar")
     if tar_path.exists() and not force:
-        raise OutputExistsError(f"{tar_path} exists", hint="pass --force to replace it")
+        raise OutputExistsError(f"{tar_path} exists", hint="pass [[force]] to replace it")
     fd, tmp = tempfile.mkstemp(prefix=f".{tar_path.name}.", suffix=".partial", dir=tar_path.parent)
     os.close(fd)
     try:

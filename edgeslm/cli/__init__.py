@@ -44,6 +44,7 @@ class LazyGroup(click.Group):
         """Run the command; an EdgeslmError becomes one 'edgeslm: error:' line and its exit code (the only
         place errors are mapped), a bug one 'internal error' line; tracebacks only with --debug."""
         from ..errors import EdgeslmError
+        from .option_flags import flag
 
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get("EDGESLM_DEBUG"))
         try:
@@ -51,7 +52,7 @@ class LazyGroup(click.Group):
         except EdgeslmError as exc:
             if debug:
                 raise
-            click.echo(f"edgeslm: error: {exc.one_line()}", err=True)
+            click.echo(f"edgeslm: error: {exc.one_line(flag)}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("edgeslm: interrupted", err=True)

@@ -52,9 +52,10 @@ def chat(bundle, artifact, device, context, max_new_tokens, temperature, top_p, 
     """Chat interactively (multi-turn). Commands: /reset clears the history, /exit or Ctrl-D quits."""
     from ..runtime.chat_session import run_chat
     from ..runtime.loaded_model import load
+    from .option_flags import flag
 
     gen = generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed)
     with load(bundle, artifact=artifact, device=device, context=context, verify=verify_mode,
               threads=threads) as llm:
         click.echo(f"edgeslm chat: {llm.candidate.summary}. /reset clears, /exit quits.", err=True)
-        run_chat(llm, sys.stdin, sys.stdout, system=system, interactive=sys.stdin.isatty(), **gen)
+        run_chat(llm, sys.stdin, sys.stdout, system=system, interactive=sys.stdin.isatty(), spell=flag, **gen)

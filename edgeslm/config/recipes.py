@@ -144,18 +144,18 @@ def apply_overrides(recipe: Recipe, overrides: list[str], formats: list[str]) ->
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--set '{item}' is not KEY=VALUE", hint="e.g. --set onnx-int4-cpu.block_size=64")
+            raise UsageError(f"[[overrides]] '{item}' is not KEY=VALUE", hint="e.g. onnx-int4-cpu.block_size=64")
         key = key.strip()
         fmt, dot, field = key.rpartition(".")
         targets = [fmt] if dot else [f for f in formats if f in new]
         if dot and fmt not in new:
-            raise UsageError(f"--set '{item}': recipe '{recipe.name}' has no format '{fmt}'",
+            raise UsageError(f"[[overrides]] '{item}': recipe '{recipe.name}' has no format '{fmt}'",
                              hint=f"formats in this recipe: {', '.join(new)}")
         if dot and fmt not in formats:
             from .targets import all_targets
 
             takers = [t.name for t in all_targets().values() if fmt in t.formats]
-            raise UsageError(f"--set '{item}': format '{fmt}' is not built for the targets given "
+            raise UsageError(f"[[overrides]] '{item}': format '{fmt}' is not built for the targets given "
                              f"(they need {', '.join(formats) or 'nothing'})",
                              hint=f"targets that take {fmt}: {', '.join(takers) or 'none'}")
         applied = False
@@ -165,15 +165,15 @@ def apply_overrides(recipe: Recipe, overrides: list[str], formats: list[str]) ->
             if field not in names:
                 if dot:
                     close = difflib.get_close_matches(field, list(names), n=1)
-                    raise UsageError(f"--set '{item}': '{f}' has no setting '{field}'",
+                    raise UsageError(f"[[overrides]] '{item}': '{f}' has no setting '{field}'",
                                      hint=f"did you mean '{close[0]}'?" if close else f"settings: {', '.join(names)}")
                 continue
             hint_type = typing.get_type_hints(type(settings))[field]
-            value = parse_value(text.strip(), hint_type, f"--set {key}")
+            value = parse_value(text.strip(), hint_type, f"[[overrides]] {key}")
             new[f] = dataclasses.replace(settings, **{field: value})
             applied = True
         if not applied:
-            raise UsageError(f"--set '{item}': no format being built has a setting '{field}'")
+            raise UsageError(f"[[overrides]] '{item}': no format being built has a setting '{field}'")
     return dataclasses.replace(recipe, formats=MappingProxyType(new))
 
 

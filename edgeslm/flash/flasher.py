@@ -100,7 +100,7 @@ def flash_bundle(bundle: Path, destination: str, options: FlashOptions, progress
     progress = progress or NullProgress()
     dest = parse_destination(destination)
     if options.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+        raise UsageError("[[jobs]] must be at least 1")
     started = time.monotonic()
     with OpenedBundle(Path(bundle)) as opened:
         with progress.task(f"{dest}: verifying the local bundle"):
@@ -158,7 +158,7 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
     free = t.free_bytes(staged)
     if free is not None and free < needed:
         raise DiskSpaceError(f"{label}: needs {needed / 2**20:,.1f} MiB, the device has {free / 2**20:,.1f} MiB free",
-                             hint="free space (older versions: --keep 0) and run again; nothing was switched")
+                             hint="free space (older versions: [[keep]] 0) and run again; nothing was switched")
     with progress.task(f"{label}: sending", total=needed) as advance:
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
             list(pool.map(lambda item: _transfer(t, local, staged, item, manifest_text, report, advance),

@@ -41,6 +41,7 @@ class HostResult:
     ok: bool
     report: FlashReport | None = None
     error: str = ""
+    failure: EdgeslmError | None = None  # the error, for callers that render option names their own way
 
 
 def load_inventory(path: Path) -> Inventory:
@@ -71,7 +72,7 @@ def flash_fleet(bundle: Path, inventory_path: Path, options: FlashOptions, progr
             report = flash_bundle(bundle, host.dest, opts, _Prefixed(progress, host.name))
             return HostResult(host.name, host.dest, True, report)
         except EdgeslmError as exc:
-            return HostResult(host.name, host.dest, False, error=exc.one_line())
+            return HostResult(host.name, host.dest, False, error=exc.one_line(), failure=exc)
         except Exception as exc:  # noqa: BLE001 - one host's bug must not stop the fleet
             return HostResult(host.name, host.dest, False, error=f"{type(exc).__name__}: {exc}")
 

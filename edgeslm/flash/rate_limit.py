@@ -34,8 +34,8 @@ def parse_rate(text: str | None) -> float | None:
         value = float(number) * units[unit]
     except (ValueError, KeyError):
         from ..errors import UsageError
-        raise UsageError(f"--limit-rate '{text}' is not a rate", hint="e.g. 500k, 5M (bytes per second)") from None
+        raise UsageError(f"[[limit_rate]] '{text}' is not a rate", hint="e.g. 500k, 5M (bytes per second)") from None
     if value <= 0:
         from ..errors import UsageError
-        raise UsageError("--limit-rate must be positive")
+        raise UsageError("[[limit_rate]] must be positive")
     return value

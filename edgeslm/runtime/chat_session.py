@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from ..errors import EdgeslmError
@@ -9,8 +10,8 @@ from .generation import ContextLengthError
 
 
 def run_chat(llm: Any, stdin: TextIO, stdout: TextIO, system: str | None = None, interactive: bool = True,
-             **options: Any) -> int:
-    """Returns the number of answered turns."""
+             spell: Callable[[str], str] | None = None, **options: Any) -> int:
+    """Returns the number of answered turns. ``spell`` renders option names in messages (the CLI's flags)."""
     history: list[dict[str, str]] = []
     turns = 0
     while True:
@@ -34,7 +35,7 @@ def run_chat(llm: Any, stdin: TextIO, stdout: TextIO, system: str | None = None,
             stream = llm.stream(history, system=system, **options)
         except ContextLengthError as exc:
             history.pop()
-            stdout.write(f"[{exc.one_line()}]\n")
+            stdout.write(f"[{exc.one_line(spell)}]\n")
             continue
         except EdgeslmError:
             history.pop()

@@ -72,7 +72,7 @@ class LLM:
             raise ContextLengthError(
                 f"the prompt has {len(ids):,} tokens; this host allows {self.max_prompt_tokens:,} "
                 f"(context {self.context_tokens:,} for {self.candidate.artifact.id})",
-                hint="shorten the conversation, /reset the chat, or pass a larger --context if RAM allows")
+                hint="shorten the conversation, /reset the chat, or pass a larger [[context]] if RAM allows")
         stream = Stream(iter(()))
         stream._pieces = self._pieces(ids, opts, stream)
         return stream

@@ -34,7 +34,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, on_ready: Callable[[str, o
     if not 0 <= options.port <= 65535:
         raise UsageError(f"port {options.port} is out of range")
     if options.max_queue < 0:
-        raise UsageError("--max-queue must be 0 or more")
+        raise UsageError("[[max_queue]] must be 0 or more")
     from ..runtime.loaded_model import load
 
     with load(bundle, artifact=options.artifact, device=options.device, context=options.context,

@@ -21,7 +21,7 @@ def check_ready() -> Path:
     try:
         from qai_hub import api_utils
     except ImportError:
-        raise BackendMissingError("--qnn-compiler qai-hub needs the qai-hub client, which is not installed",
+        raise BackendMissingError("the qai-hub compiler needs the qai-hub client, which is not installed",
                                   hint="pip install 'edgeslm[build-qnn]' (or use the offline compiler, the default)") from None
     path = Path(api_utils.get_config_path())
     parser = configparser.ConfigParser()
@@ -31,9 +31,9 @@ def check_ready() -> Path:
     except configparser.Error:
         token = ""
     if not token:
-        raise UsageError(f"--qnn-compiler qai-hub needs a Qualcomm AI Hub API token; none is configured ({path})",
-                         hint="run 'qai-hub configure --api_token TOKEN', or drop --qnn-compiler to compile offline "
-                              "with onnxruntime-qnn")
+        raise UsageError(f"the qai-hub compiler needs a Qualcomm AI Hub API token; none is configured ({path})",
+                         hint="run 'qai-hub configure --api_token TOKEN', or compile offline with onnxruntime-qnn "
+                              "(the default)")
     return path
 
 
