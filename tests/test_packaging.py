@@ -84,3 +84,17 @@ def test_ruff_check_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_readme_install_table_is_the_registry_s():
+    sys.path.insert(0, str(REPO / "tools"))
+    from install_table import install_table
+
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("<!-- install-table -->\n", 1)[1].split("\n<!-- /install-table -->", 1)[0]
+    assert shown == install_table()
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    from edgeslm.registry import formats
+
+    for spec in formats().values():
+        assert spec.device_extra in extras and spec.build_extra in extras, spec.name

@@ -89,6 +89,7 @@ def test_plugin_from_an_entry_point_builds_and_runs_without_touching_edgeslm(tmp
     assert answer.stdout.strip() == "Plugged in."
     doctor = run_cli("doctor", str(out), "--json", env=env)
     assert doctor.returncode == 0, doctor
+    assert doctor.json()["backends"]["echo"] == "edgeslm-echo" and doctor.json()["chosen"] == "echo-bytes"
     # Without the plugin installed the same bundle is refused with the reason, not a traceback.
     assert_clean_error(run_cli("run", str(out), "hi"), "unknown format 'echo-bytes'", "plugin")
 
@@ -106,6 +107,8 @@ def test_broken_or_clashing_plugins_are_reported_and_left_out(tmp_path):
     assert lines[0] == "5" and lines[1] == "onnx_genai", result.stderr
     assert any("'broken'" in line and "failed to load" in line and "ModuleNotFoundError" in line for line in lines[2:])
     assert any("'clash'" in line and "onnx-int4-cpu" in line and "already serves" in line for line in lines[2:])
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 0 and "failed to load" in doctor.stdout, doctor
 
 
 @pytest.fixture()

@@ -15,7 +15,11 @@ from .selection import rank_artifacts
 def doctor_report(bundle: Path | None, artifact: str | None = None, device: str | None = None,
                   context: int | None = None, host: HostProfile | None = None) -> dict[str, Any]:
     host = host or probe_host()
-    report: dict[str, Any] = {"host": host.to_json(), "bundle": None, "chosen": None, "artifacts": []}
+    from ..registry import backends, load_problems
+
+    report: dict[str, Any] = {"host": host.to_json(), "bundle": None, "chosen": None, "artifacts": [],
+                              "backends": {name: b.distribution for name, b in backends().items()},
+                              "backend_problems": list(load_problems())}
     if bundle is None:
         return report
     with OpenedBundle(Path(bundle)) as opened:
@@ -48,7 +52,9 @@ def format_report(report: dict[str, Any], human_bytes: Callable[[float], str]) -
         f"memory    {human_bytes(h['ram_available_bytes'])} available of {human_bytes(h['ram_total_bytes'])}",
         f"accel     {accel}",
         f"runtimes  {pkgs}",
+        f"backends  {', '.join(f'{n} ({d})' if d != 'edgeslm' else n for n, d in report['backends'].items())}",
     ]
+    lines += [f"  ! {problem}" for problem in report["backend_problems"]]
     if report["bundle"]:
         lines.append(f"bundle    {report['bundle']['path']} ({report['bundle']['bundle_id']})")
         for art in report["artifacts"]:
