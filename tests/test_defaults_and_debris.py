@@ -38,6 +38,7 @@ def test_fresh_clone_collects_every_test_with_nothing_beside_it(tmp_path):
     assert count == int(here.stdout.strip().splitlines()[-1].split()[0]) and count > 100
 
 
+@pytest.mark.slow
 def test_default_build_for_every_target_measures_every_artifact(default_bundle):
     manifest = json.loads((default_bundle / "manifest.json").read_text())
     assert manifest["schema_version"] == 2 and manifest["warnings"] == []

@@ -28,6 +28,8 @@ from edgeslm.runtime.accelerator_probe import Findings
 from edgeslm.runtime.host_probe import probe_host
 from edgeslm.runtime.selection import rank_artifacts
 
+pytestmark = pytest.mark.slow  # real builds of the demo model (run by the README's test command too)
+
 HOSTS = Path(__file__).parent / "hosts"
 
 
