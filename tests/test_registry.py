@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import DOCS_MODEL, PROMPTS, REPO, assert_clean_error, run_cli
+from conftest import DOCS_MODEL, REPO, assert_clean_error, run_cli
 
 from edgeslm import registry
 from edgeslm.backend import Backend, Placement
@@ -245,7 +245,8 @@ def test_backend_contract(backend_name, default_bundle):
         assert "<|end|>" not in result.text
 
 
-SHORT_PROMPT = PROMPTS[4]  # "What does itertools.chain do?": the demo model answers in about 12 tokens
+# The demo model answers this in 10-17 tokens in every format (the QNN engine runs on the slow HTP simulator here).
+SHORT_PROMPT = [{"role": "user", "content": "What does `os.getcwd()` return?"}]
 
 
 def _log_softmax_rows(logits, targets):
