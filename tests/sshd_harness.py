@@ -5,6 +5,12 @@ authorized, an unrelated "wrong" key pair, a known_hosts file naming the real ho
 naming a wrong host key. The server runs in the foreground (``sshd -D -e -f CONFIG``) as the
 current user (root here and in CI), allowing public-key login only.
 
+Its limits are OpenSSH's defaults unless a test asks otherwise (``SshServer(max_sessions=2)``):
+a device's sshd allows 10 sessions (channels) per connection, and tests should meet the same limit.
+sshd logs at VERBOSE to ``server.log`` (a file that lives as long as the server): sessions opened
+and refused ("no more sessions") and why sshd dropped a connection ("Disconnecting user ...: ...").
+``log_tail()`` gives its last lines for an assertion message.
+
     with SshServer() as server:
         client = paramiko.SSHClient()
         client.load_host_keys(str(server.known_hosts))
@@ -106,8 +112,10 @@ class SshServer:
 
     host = "127.0.0.1"
 
-    def __init__(self, start_timeout: float = 10.0):
+    def __init__(self, start_timeout: float = 10.0, max_sessions: int = 10, log_level: str = "VERBOSE"):
         self.start_timeout = start_timeout
+        self.max_sessions = max_sessions  # sshd's MaxSessions: session channels per connection
+        self.log_level = log_level
         self.user = pwd.getpwuid(os.geteuid()).pw_name  # "root" here and in CI
         self.port: int = 0
         self.dir: Path | None = None
@@ -141,15 +149,23 @@ class SshServer:
 
     @property
     def log(self) -> Path:
-        """sshd's stderr (-e), LogLevel ERROR."""
+        """sshd's stderr (-e), at ``log_level`` (VERBOSE: connections, sessions, and why sshd dropped one)."""
         return self._path("sshd.log")
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The last lines of sshd's log, for an assertion message ('' once the server is stopped)."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except (OSError, RuntimeError):
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def _path(self, name: str) -> Path:
         if self.dir is None:
             raise RuntimeError("SshServer is not started")
         return self.dir / name
 
-    def __enter__(self) -> "SshServer":
+    def __enter__(self) -> SshServer:
         self.start()
         return self
 
@@ -159,7 +175,7 @@ class SshServer:
     def __repr__(self) -> str:
         return f"<SshServer {self.user}@{self.host}:{self.port} pid={self.proc and self.proc.pid}>"
 
-    def start(self) -> "SshServer":
+    def start(self) -> SshServer:
         reason = sshd_available()
         if reason:
             raise RuntimeError(f"cannot start sshd: {reason}")
@@ -216,10 +232,10 @@ class SshServer:
             "UseDNS no",
             "PrintMotd no",
             "PrintLastLog no",
-            "MaxStartups 100",
-            "MaxSessions 50",
+            "MaxStartups 100",  # unauthenticated connections at once: tests may open several together
+            f"MaxSessions {self.max_sessions}",
             "Subsystem sftp internal-sftp",
-            "LogLevel ERROR",
+            f"LogLevel {self.log_level}",
             "",
         ]))
         return config

@@ -7,11 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DOCS_MODEL, assert_clean_error, run_cli
 from sshd_harness import SshServer, sshd_available
 
@@ -196,6 +196,12 @@ def sshd():
         yield server
 
 
+def _ssh_report(result, server) -> dict:
+    """_report for a flash over SSH: a failure shows the end of sshd's log (why it dropped a connection)."""
+    assert result.returncode == 0, f"{result}\n--- sshd log (last lines) ---\n{server.log_tail()}"
+    return result.json()
+
+
 def _ssh_args(server, path: Path, identity=None, known_hosts=None) -> list[str]:
     return ["--to", f"ssh://{server.user}@127.0.0.1:{server.port}{path}", "--identity",
             str(identity or server.identity), "--known-hosts", str(known_hosts or server.known_hosts)]
@@ -203,12 +209,69 @@ def _ssh_args(server, path: Path, identity=None, known_hosts=None) -> list[str]:
 
 def test_ssh_flash_reflash_doctor(built_bundle, sshd, tmp_path):
     dest = tmp_path / "device"
-    first = _report(flash(str(built_bundle), *_ssh_args(sshd, dest)))
+    first = _ssh_report(flash(str(built_bundle), *_ssh_args(sshd, dest)), sshd)
     assert first["action"] == "flashed" and first["verified_files"] == first["files"]
     assert json.loads(first["doctor"])["chosen"] == "onnx-int4-cpu"  # edgeslm doctor ran on the device
-    again = _report(flash(str(built_bundle), *_ssh_args(sshd, dest)))
+    again = _ssh_report(flash(str(built_bundle), *_ssh_args(sshd, dest)), sshd)
     assert again["action"] == "already-active" and again["sent_bytes"] == 0
     assert run_cli("run", str(dest), "What is `len`?", "-n", "4").returncode == 0
+
+
+def test_ssh_commands_send_no_channel_eof_after_the_server_closed(sshd, tmp_path, monkeypatch):
+    """The cause of "the SSH connection was lost during the copy of model.onnx.part" on a loaded machine.
+
+    SSHClient.exec_command() returns a stdin file whose close (explicit, or when it is collected after
+    the command) sends the channel's EOF from the calling thread after releasing the channel's lock
+    (paramiko#1705). If that thread is descheduled there while paramiko's transport thread answers the
+    server's CHANNEL_CLOSE, the EOF reaches sshd after it freed the channel, and sshd drops the whole
+    connection ("ieof packet referred to nonexistent channel"): the transfers running on it fail.
+    Here every channel EOF sent by a thread other than paramiko's own waits 0.3 s first, as a thread
+    on a busy machine may: the race that load makes rare is lost on the first command or two.
+    """
+    import paramiko
+    from paramiko.common import cMSG_CHANNEL_EOF
+
+    from edgeslm.flash.destination import parse_destination
+    from edgeslm.flash.ssh_transport import SshError, SshTransport
+
+    send = paramiko.Transport._send_user_message
+
+    def descheduled(transport, message):
+        if threading.current_thread() is not transport and message.asbytes()[:1] == cMSG_CHANNEL_EOF:
+            time.sleep(0.3)
+        return send(transport, message)
+
+    monkeypatch.setattr(paramiko.Transport, "_send_user_message", descheduled)
+    (tmp_path / "a.txt").write_text("a")
+    transport = SshTransport(parse_destination(f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{tmp_path}"),
+                             sshd.identity, sshd.known_hosts)
+    try:
+        for i in range(6):
+            assert transport.run(f"echo {i}") == f"{i}\n"
+            assert transport.listdir(str(tmp_path)) == ["a.txt"]
+    except SshError as exc:
+        pytest.fail(f"{exc}\n--- sshd log (last lines) ---\n{sshd.log_tail()}")
+    finally:
+        transport.close()
+    assert "nonexistent channel" not in sshd.log_tail(200)
+
+
+@pytest.mark.parametrize("max_sessions", [1, 2])
+def test_ssh_flash_with_more_jobs_than_the_server_allows_sessions(built_bundle, tmp_path, max_sessions):
+    """sshd allows MaxSessions channels per connection (10 by default, fewer on some devices): a flash
+    with more parallel transfers waits for a free session instead of failing."""
+    if reason := sshd_available():
+        pytest.skip(reason)
+    with DeviceSsh(max_sessions=max_sessions) as server:
+        dest = tmp_path / "device"
+        result = flash(str(built_bundle), *_ssh_args(server, dest), "--jobs", "8")
+        first = _ssh_report(result, server)
+        assert "FAILED" not in result.stderr  # paramiko's log line for each refused session is kept quiet
+        assert first["action"] == "flashed" and first["verified_files"] == first["files"]
+        assert first["sent_files"] == first["files"] - 1 and json.loads(first["doctor"])["chosen"]
+        assert "no more sessions" in server.log.read_text()  # the server did refuse sessions
+        again = _ssh_report(flash(str(built_bundle), *_ssh_args(server, dest), "--jobs", "8"), server)
+        assert again["action"] == "already-active"
 
 
 def test_ssh_cut_connection_resumes(built_bundle, sshd, tmp_path):
@@ -224,7 +287,7 @@ def test_ssh_cut_connection_resumes(built_bundle, sshd, tmp_path):
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "connection was lost" in stderr and "Traceback" not in stderr
     assert not (dest / "CURRENT").exists()
-    resumed = _report(flash(str(built_bundle), *_ssh_args(sshd, dest)))
+    resumed = _ssh_report(flash(str(built_bundle), *_ssh_args(sshd, dest)), sshd)
     total = sum(p.stat().st_size for p in built_bundle.rglob("*") if p.is_file() and p.name != "manifest.json")
     assert resumed["resumed_files"] >= 1 and resumed["sent_bytes"] < total
     assert resumed["action"] == "flashed"
@@ -232,7 +295,7 @@ def test_ssh_cut_connection_resumes(built_bundle, sshd, tmp_path):
 
 def test_ssh_errors_lose_nothing(built_bundle, sshd, tmp_path):
     dest = tmp_path / "device"
-    _report(flash(str(built_bundle), *_ssh_args(sshd, dest)))
+    _ssh_report(flash(str(built_bundle), *_ssh_args(sshd, dest)), sshd)
     before = _current(dest)
     assert_clean_error(run_cli("flash", str(built_bundle), *_ssh_args(sshd, dest, identity=sshd.wrong_identity)),
                        "authentication failed")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..bundle.checksums import sha256_file
 from ..errors import DiskSpaceError, EdgeslmError, FlashIOError
+from .transport import copy_blocks
 
 CHUNK = 1 << 20
 
@@ -66,16 +67,9 @@ class LocalTransport:
             raise io_error(exc, path) from None
 
     def upload(self, local: Path, remote: str, offset: int, progress: Callable[[int], None]) -> int:
-        sent = 0
         try:
             with open(local, "rb") as src, open(remote, "ab" if offset else "wb") as dst:
-                src.seek(offset)
-                while block := src.read(CHUNK):
-                    if self.rate_limiter:
-                        self.rate_limiter.wait(len(block))
-                    dst.write(block)
-                    sent += len(block)
-                    progress(len(block))
+                sent = copy_blocks(src, dst, offset, CHUNK, self.rate_limiter, progress)
                 dst.flush()
                 os.fsync(dst.fileno())
         except OSError as exc:

@@ -19,18 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import EdgeslmError
+from ..errors import FlashIOError, SshError
 from .destination import Destination
-from .local_transport import FlashIOError
+from .transport import copy_blocks
 
 CHUNK = 1 << 18
 COMMAND_TIMEOUT = 600.0  # seconds without output from a command on the device
 CHANNEL_OPEN_TIMEOUT = 120.0  # seconds for the device to answer a session request
 REFUSED_RETRY = 30.0  # seconds to keep asking for a session that sshd refuses while none of ours is open
-
-
-class SshError(EdgeslmError):
-    exit_code = 14
 
 
 class _QuietRefusals(logging.Filter):
@@ -80,12 +76,12 @@ class SshTransport:
                            hint="if the device was reinstalled, remove its old key with ssh-keygen -R") from None
         except paramiko.AuthenticationException:
             raise SshError(f"authentication failed for {where}",
-                           hint="check --identity (the private key) and the user name") from None
+                           hint="check [[identity]] (the private key) and the user name") from None
         except paramiko.SSHException as exc:
             if "known_hosts" in str(exc):
                 raise SshError(f"{where} is not in {hosts_file}: refusing an unknown host key",
-                               hint="connect once with ssh to accept its key, pass --known-hosts, "
-                                    "or --insecure-no-host-key-check") from None
+                               hint="connect once with ssh to accept its key, pass [[known_hosts]], "
+                                    "or [[insecure_no_host_key_check]]") from None
             raise SshError(f"SSH to {where} failed: {exc}") from None
         except (TimeoutError, OSError) as exc:
             raise SshError(f"cannot connect to {where}: {getattr(exc, 'strerror', None) or exc}",
@@ -273,13 +269,7 @@ class SshTransport:
             nonlocal sent
             with open(local, "rb") as src, self._sftp() as sftp, sftp.open(remote, "ab" if offset else "wb") as dst:
                 dst.set_pipelined(True)
-                src.seek(offset)
-                while block := src.read(CHUNK):
-                    if self.rate_limiter:
-                        self.rate_limiter.wait(len(block))
-                    dst.write(block)
-                    sent += len(block)
-                    progress(len(block))
+                sent = copy_blocks(src, dst, offset, CHUNK, self.rate_limiter, progress)
 
         try:
             self._guard(copy, f"the copy of {Path(remote).name}")

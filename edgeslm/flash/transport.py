@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class Transport(Protocol):
@@ -47,3 +47,18 @@ class Transport(Protocol):
         """``edgeslm doctor --json`` output on the device, or None when edgeslm is not installed there."""
 
     def close(self) -> None: ...
+
+
+def copy_blocks(src: BinaryIO, dst: Any, offset: int, chunk: int, rate_limiter: Any,
+                progress: Callable[[int], None]) -> int:
+    """The upload loop the byte-stream transports share (local folders, SFTP): from ``offset`` of ``src``
+    into ``dst`` in ``chunk``-sized blocks, paced by the rate limiter, progress reported per block."""
+    src.seek(offset)
+    sent = 0
+    while block := src.read(chunk):
+        if rate_limiter:
+            rate_limiter.wait(len(block))
+        dst.write(block)
+        sent += len(block)
+        progress(len(block))
+    return sent
