@@ -92,6 +92,14 @@ class Backend:
     build_options: tuple[BuildOption, ...] = ()
     distribution: str = field(default="edgeslm", compare=False)  # who provides it (a plugin's name)
 
+    @classmethod
+    def in_package(cls, package: str, name: str, formats: tuple[FormatSpec, ...], **fields: Any) -> Backend:
+        """A backend laid out by the convention of the built-in ones: ``exporter.EXPORTER``,
+        ``engine.open_engine``, ``scoring`` and ``host_support`` modules of ``package``."""
+        refs = {"exporter_ref": f"{package}.exporter:EXPORTER", "engine_ref": f"{package}.engine:open_engine",
+                "scorer_ref": f"{package}.scoring", "host_support_ref": f"{package}.host_support"}
+        return cls(name=name, formats=formats, **{**refs, **fields})
+
     def exporter(self) -> Any:
         return resolve(self.exporter_ref)
 

@@ -5,7 +5,8 @@ from ...backend import Backend, FormatSpec
 _HERE = __name__
 _SETTINGS = f"{_HERE}.settings:OnnxSettings"
 
-BACKEND = Backend(
+BACKEND = Backend.in_package(
+    __name__,
     name="onnx_genai",
     formats=(
         FormatSpec("onnx-int4-cpu", "cpu", ("x86_64", "arm64"), "onnxruntime-genai", "0.18.0", "ort", "build-onnx",
@@ -14,9 +15,5 @@ BACKEND = Backend(
         FormatSpec("onnx-int4-cuda", "gpu", ("x86_64", "arm64"), "onnxruntime-genai-cuda", "0.18.0", "ort-cuda",
                    "build-onnx", _SETTINGS),
     ),
-    exporter_ref=f"{_HERE}.exporter:EXPORTER",
-    engine_ref=f"{_HERE}.engine:open_engine",
-    scorer_ref=f"{_HERE}.scoring",
-    host_support_ref=f"{_HERE}.host_support",
     probe_packages=("onnxruntime-genai", "onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime"),
 )

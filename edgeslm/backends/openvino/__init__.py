@@ -4,15 +4,12 @@ from ...backend import Backend, FormatSpec
 
 _HERE = __name__
 
-BACKEND = Backend(
+BACKEND = Backend.in_package(
+    __name__,
     name="openvino",
     formats=(
         FormatSpec("openvino-int4", "npu", ("x86_64",), "openvino-genai", "2026.0", "openvino", "build-openvino",
                    f"{_HERE}.settings:OpenVinoSettings"),
     ),
-    exporter_ref=f"{_HERE}.exporter:EXPORTER",
-    engine_ref=f"{_HERE}.engine:open_engine",
-    scorer_ref=f"{_HERE}.scoring",
-    host_support_ref=f"{_HERE}.host_support",
     probe_packages=("openvino", "openvino-genai"),
 )
