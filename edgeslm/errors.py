@@ -74,7 +74,7 @@ class BuildError(EdgeslmError):
 class QualityError(BuildError):
     """An artifact's measured quality is worse than the recipe allows."""
 
-    exit_code = 16
+    exit_code = 18
 
 
 class OutputExistsError(EdgeslmError):
@@ -139,3 +139,9 @@ class AdbError(EdgeslmError):
     """adb is missing, the device is not attached, or a command on it failed."""
 
     exit_code = 15
+
+
+class FleetFlashError(EdgeslmError):
+    """Some devices of a fleet flash failed (each one's reason is in the summary)."""
+
+    exit_code = 16

@@ -95,7 +95,7 @@ def test_artifact_over_the_quality_limit_fails_the_build_and_leaves_only_logs(tm
     result = run_cli(*args, env=env)
     assert_clean_error(result, "onnx-int4-cpu: perplexity", "against the source's", "limit of +0%",
                        "--allow-quality-loss")
-    assert result.returncode == 16 and not out.exists()
+    assert result.returncode == 18 and not out.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["docs.bundle.logs"]  # no .partial-*/.work-* left
     assert [p.suffix for p in (out.parent / "docs.bundle.logs").iterdir()] == [".log"]
 

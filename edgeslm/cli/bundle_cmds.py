@@ -33,6 +33,7 @@ def verify(bundle: Path, as_json: bool) -> None:
     """Recompute every checksum; non-zero exit naming any missing, extra, truncated or altered file."""
     from ..bundle.pack import OpenedBundle
     from ..bundle.verify import verify_bundle
+    from ..errors import VerificationError
     from .rich_progress import RichProgress
 
     with OpenedBundle(bundle) as opened, RichProgress(quiet=as_json) as progress:
@@ -42,7 +43,7 @@ def verify(bundle: Path, as_json: bool) -> None:
         echo_json({"bundle": str(bundle), "ok": report.ok, "files": report.checked_files,
                    "bytes": report.checked_bytes, "problems": [vars(p) for p in report.problems]})
         if not report.ok:
-            raise click.exceptions.Exit(10)
+            raise click.exceptions.Exit(VerificationError.exit_code)
         return
     for problem in report.problems:
         click.echo(f"  {problem}", err=True)

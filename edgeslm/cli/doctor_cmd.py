@@ -16,6 +16,7 @@ from .output import echo_json, human_bytes
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def doctor(bundle, artifact, device, context, as_json) -> None:
     """Show this host's profile and, per artifact of BUNDLE, chosen or rejected and why."""
+    from ..errors import NoArtifactError
     from ..runtime.doctor_report import doctor_report, format_report
 
     report = doctor_report(bundle, artifact=artifact, device=device, context=context)
@@ -24,4 +25,4 @@ def doctor(bundle, artifact, device, context, as_json) -> None:
     else:
         click.echo(format_report(report, human_bytes))
     if bundle is not None and report["chosen"] is None:
-        raise click.exceptions.Exit(12)
+        raise click.exceptions.Exit(NoArtifactError.exit_code)

@@ -30,7 +30,7 @@ from .output import human_bytes
 def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_host_key_check, jobs, parallel,
           limit_rate, keep, dry_run, rollback, verify_only, as_json) -> None:
     """Copy BUNDLE to a device (or a fleet), verify it there, and switch to it atomically."""
-    from ..errors import UsageError
+    from ..errors import FleetFlashError, UsageError
     from ..flash.flasher import FlashOptions, flash_bundle, verify_device
     from ..flash.flasher import rollback as do_rollback
     from .rich_progress import RichProgress
@@ -47,7 +47,7 @@ def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_ho
             results = flash_fleet(bundle, inventory, options, progress, parallel)
         print_fleet_summary(results, as_json)
         if not all(r.ok for r in results):
-            raise click.exceptions.Exit(16)
+            raise click.exceptions.Exit(FleetFlashError.exit_code)  # the summary shows each failure
         return
     if dest is None:
         raise UsageError("--to DEST is required (or --inventory FILE)")
