@@ -24,7 +24,7 @@ def test_fresh_clone_collects_every_test_with_nothing_beside_it(tmp_path):
         pytest.skip("not a git checkout")
     clone = tmp_path / "alone" / "edgeslm"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    assert sorted(p.name for p in clone.parent.iterdir()) == ["edgeslm"]  # no ../shared beside it
+    assert sorted(p.name for p in clone.parent.iterdir()) == ["edgeslm"]  # nothing beside the clone
     sibling = "/".join(("..", "shared"))  # spelled so that this file does not match its own search
     grep = subprocess.run(["git", "grep", "-l", "-F", "-e", sibling, "--", "tests", "benchmarks", ".ci"],
                           cwd=clone, capture_output=True, text=True)
