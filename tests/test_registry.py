@@ -256,3 +256,30 @@ def _log_softmax_rows(logits, targets):
     rows = rows - rows.max(axis=-1, keepdims=True)
     log_z = np.log(np.exp(rows).sum(axis=-1))
     return rows[np.arange(len(targets)), targets] - log_z
+
+
+def test_server_logic_with_the_fake_backend_and_the_openai_client(tmp_path, monkeypatch):
+    # The server process loads the plugin (the fake engine answers at once), so this checks edgeslm's own
+    # request handling with the official client and no real model: plain, streamed, and a stop string.
+    import openai
+    from test_serve import Server
+
+    env = {**install_echo_plugin(tmp_path), **echo_data_dir(tmp_path)}
+    out = tmp_path / "echo.bundle"
+    assert run_cli("build", "--target", "echo-box", "--model", str(DOCS_MODEL), "--out", str(out), "--no-eval",
+                   "--set", "echo-bytes.reply=Fast answers. No model.", env=env).returncode == 0
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    server = Server(out, "--api-key", "k")
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0, timeout=30)
+        ask = [{"role": "user", "content": "Hi"}]
+        reply = client.chat.completions.create(model="phi3-docs-21m", messages=ask)
+        assert reply.choices[0].message.content == "Fast answers. No model."
+        assert reply.choices[0].finish_reason == "stop"
+        pieces = client.chat.completions.create(model="phi3-docs-21m", messages=ask, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == "Fast answers. No model."
+        stopped = client.chat.completions.create(model="phi3-docs-21m", messages=ask, stop=[" No"])
+        assert stopped.choices[0].message.content == "Fast answers." and stopped.choices[0].finish_reason == "stop"
+    finally:
+        server.stop()
