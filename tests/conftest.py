@@ -87,11 +87,9 @@ def bundle_copy(built_bundle, tmp_path) -> Path:
 
 def token_windows(count: int, length: int) -> list[list[int]]:
     """Consecutive windows of the held-out docs text, tokenized with the source tokenizer."""
-    from tokenizers import Tokenizer
+    from edgeslm.builder.text_windows import BuildText
 
-    text = (EVAL / "docs-heldout.txt").read_text()
-    ids = Tokenizer.from_file(str(DOCS_MODEL / "tokenizer.json")).encode(text, add_special_tokens=False).ids
-    return [ids[i * length:(i + 1) * length] for i in range(count)]
+    return BuildText(EVAL / "docs-heldout.txt", "--eval-text").windows(DOCS_MODEL / "tokenizer.json", count, length)
 
 
 @functools.cache
