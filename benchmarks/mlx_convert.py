@@ -35,9 +35,10 @@ def child_export(ckpt: str, out: Path) -> dict:
     from edgeslm.backends.mlx.exporter import EXPORTER
     from edgeslm.builder.exporter import ExportJob
     from edgeslm.builder.source import load_source
+    from edgeslm.builder.text_windows import calibration_text
     from edgeslm.config.recipes import all_recipes
-    from edgeslm.formats import FORMATS
     from edgeslm.progress import NullProgress
+    from edgeslm.registry import formats
     t1 = time.perf_counter()
     source = load_source(ckpt)
     t2 = time.perf_counter()
@@ -45,7 +46,8 @@ def child_export(ckpt: str, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True), shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True), work.mkdir()
     settings = all_recipes()["phi-3.5-mini-instruct"].formats["mlx"]
-    result = EXPORTER.export(ExportJob(source, FORMATS["mlx"], settings, out, work, 4096), NullProgress())
+    result = EXPORTER.export(ExportJob(source, formats()["mlx"], settings, out, work, 4096,
+                                                 calibration_text(None, None, 0)), NullProgress())
     shutil.rmtree(work, ignore_errors=True)
     return {"import_s": t1 - t0, "load_source_s": t2 - t1, "export_s": time.perf_counter() - t2,
             "bits_histogram": result.quantization["bits_histogram"]}

@@ -54,10 +54,11 @@ def child_export(ckpt: str, out: Path) -> dict:
     from edgeslm.backends.openvino.exporter import EXPORTER
     from edgeslm.builder.exporter import ExportJob
     from edgeslm.builder.source import load_source
+    from edgeslm.builder.text_windows import calibration_text
     from edgeslm.config.recipes import all_recipes
     from edgeslm.config.targets import resolve_target
-    from edgeslm.formats import FORMATS
     from edgeslm.progress import NullProgress
+    from edgeslm.registry import formats
     t1 = time.perf_counter()
     source = load_source(ckpt)
     t2 = time.perf_counter()
@@ -65,8 +66,9 @@ def child_export(ckpt: str, out: Path) -> dict:
     work = out.with_name(out.name + ".work")
     shutil.rmtree(out, ignore_errors=True), shutil.rmtree(work, ignore_errors=True)
     out.mkdir(parents=True), work.mkdir()
-    job = ExportJob(source, FORMATS["openvino-int4"], settings, out, work,
-                    resolve_target("intel-core-ultra").planning.default_context_length)
+    job = ExportJob(source, formats()["openvino-int4"], settings, out, work,
+                    resolve_target("intel-core-ultra").planning.default_context_length,
+                    calibration_text(None, None, 0))
     result = EXPORTER.export(job, NullProgress())  # runs check_available and check_settings first
     shutil.rmtree(work, ignore_errors=True)
     return {"import_s": t1 - t0, "load_source_s": t2 - t1, "export_s": time.perf_counter() - t2,

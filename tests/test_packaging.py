@@ -98,3 +98,18 @@ def test_readme_install_table_is_the_registry_s():
 
     for spec in formats().values():
         assert spec.device_extra in extras and spec.build_extra in extras, spec.name
+
+
+def test_benchmark_scripts_import_only_what_exists():
+    # Benchmarks import edgeslm inside functions (after their own setup), so a renamed module would only
+    # fail in a long run: resolve every `from edgeslm... import name` they contain.
+    import ast
+    import importlib
+
+    for script in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(script.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgeslm"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                        (script.name, node.module, alias.name)

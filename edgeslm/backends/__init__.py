@@ -1,8 +1,13 @@
-"""Backends: one package per artifact format family.
+"""Backends: one package per artifact format family, declared in its ``__init__.py`` as ``BACKEND``.
 
-Each backend package has three small modules, imported only when needed:
+The declaration (``edgeslm.backend.Backend``) is standard library only; the modules it names are
+imported only when needed:
 
 - ``settings``: a frozen dataclass of the recipe options for its formats (no heavy imports);
 - ``exporter``: the build side, an object satisfying :class:`edgeslm.builder.exporter.Exporter`;
-- ``engine``: the device side (see the runtime), importing only its own runtime package.
+- ``scoring``: ``window_logits`` for the build's measured quality;
+- ``engine``: the device side (see the runtime), importing only its own runtime package;
+- ``host_support``: its accelerators and placement rules (standard library only).
+
+``edgeslm.registry`` collects the built-in backends and plugins.
 """
