@@ -1,101 +1,98 @@
-"""Build side of the ONNX formats: onnxruntime-genai's model builder, called as a library.
+"""Build side of the ONNX formats: edgeslm's streaming exporter, or onnxruntime-genai's builder on request.
 
-The builder writes ``model.onnx`` (+ ``model.onnx.data``), ``genai_config.json`` and the tokenizer
-files. We then make its defaults safe for small devices: ``search.max_length`` becomes the planned
-context instead of the model's 131072 (which, with the shared KV buffer, would allocate tens of GB).
+The default (``exporter = "streaming"``) writes the Phi-3 decoder graph onnxruntime-genai runs one
+tensor at a time from the memory-mapped checkpoint (``streaming_export``): ~1 GB of RAM for the 3.8B
+model where the builder needs 23 GB, and no torch or transformers in the build environment.
+``exporter = "ort-builder"`` calls onnxruntime-genai's model builder (``builder_exporter``), for
+architectures the streaming exporter does not build and for comparisons.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any
 
-from ...builder.captured_output import captured_output
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
 from ...builder.source import SourceModel
+from ...errors import BuildError, UsageError
 from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
+from .builder_exporter import OrtBuilderExporter
 from .settings import OnnxSettings
 
-_DTYPE_BYTES = {1: 4, 10: 2, 16: 2}  # onnx TensorProto: FLOAT, FLOAT16, BFLOAT16
-_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16"}
+STREAMING_MODULES = ("onnx_ir", "onnxruntime", "numpy")
+_BYTES = {"float32": 4, "float16": 2}
 
 
-class OnnxGenaiExporter:
-    packages = ("onnxruntime_genai", "onnx", "onnx_ir", "torch", "transformers")
+class OnnxExporter:
+    def __init__(self) -> None:
+        self.builder = OrtBuilderExporter()
 
     def check_available(self) -> None:
-        require_modules(self.packages, "the ONNX exporter", "build-onnx")
+        require_modules(STREAMING_MODULES, "the ONNX exporter", "build-onnx")
 
     def check_settings(self, settings: OnnxSettings, source: SourceModel) -> None:
-        return None  # every combination of the typed settings is valid for the builder
+        if settings.exporter == "ort-builder":
+            self.builder.check_available()
+            return self.builder.check_settings(settings, source)
+        from .streaming_export import check_architecture
+
+        check_architecture(source.config)
+        if settings.algorithm == "k_quant":
+            raise UsageError("the streaming ONNX exporter quantizes round-to-nearest; algorithm=k_quant needs the "
+                             "builder", hint="add [[set]] onnx-int4-cpu.exporter=ort-builder, or drop algorithm")
+        if settings.embedding == "int4" and ModelShape.of(source.config).hidden_size % settings.block_size:
+            raise UsageError(f"an int4 embedding table needs hidden_size divisible by block_size {settings.block_size}")
+        return None
 
     def estimate_output_bytes(self, source: SourceModel, settings: OnnxSettings) -> int:
-        cfg = source.config
-        embed = int(cfg.get("vocab_size", 0)) * int(cfg.get("hidden_size", 0))
+        if settings.exporter == "ort-builder":
+            return self.builder.estimate_output_bytes(source, settings)
+        shape = ModelShape.of(source.config)
+        embed = shape.vocab_size * shape.hidden_size
+        table = {"float32": 4, "float16": 2, "int4": 0.6}[settings.embedding_dtype]
         per_weight = 0.6 if settings.precision == "int4" else 1.1
-        # fp32 embeddings + quantized matmuls + LongRoPE cos/sin caches and graph
-        return int(embed * 4 + max(source.parameter_count - embed, 0) * per_weight + 64 * 2**20)
+        return int(embed * table + max(source.parameter_count - embed, 0) * per_weight + 64 * 2**20)
 
     def export(self, job: ExportJob, progress: Progress) -> ExportResult:
         settings: OnnxSettings = job.settings
+        if settings.exporter == "ort-builder":
+            return self.builder.export(job, progress)
         self.check_available()
-        options = [
-            f"block_size={settings.block_size}",
-            f"accuracy_level={settings.accuracy_level}",
-            f"algo_config={settings.algorithm}",
-            f"is_symmetric={'true' if settings.symmetric else 'false'}",
-            "hf_token=false",
-        ]
-        if not settings.quantize_lm_head:
-            options.append("nodes_to_exclude=/lm_head/MatMul")
-        src = str(job.source.path)
-        log_path = job.work_dir / f"{job.fmt.name}-builder.log"
-        with progress.task(f"{job.fmt.name}: export and quantize (onnxruntime-genai builder)"):
-            with converter_errors(job.fmt.name, "the onnxruntime-genai builder", log_path), \
-                    captured_output(log_path):
-                from onnxruntime_genai.models import builder
+        from .genai_files import write_genai_files
+        from .streaming_export import decoder_plan, stream_decoder
 
-                extra = builder.parse_extra_options(src, src, str(job.out_dir), settings.precision,
-                                                    settings.execution_provider, str(job.work_dir / "hf-cache"),
-                                                    options)
-                builder.create_model(src, src, str(job.out_dir), settings.precision,
-                                     settings.execution_provider, str(job.work_dir / "hf-cache"), **extra)
-        max_total = int(job.source.config.get("max_position_embeddings", job.default_total_tokens))
+        config = job.source.config
+        io_dtype = "float16" if settings.execution_provider == "cuda" else "float32"
+        plan = decoder_plan(config, io_dtype=io_dtype, bits=4 if settings.precision == "int4" else 8,
+                            block_size=settings.block_size, symmetric=settings.symmetric,
+                            accuracy_level=settings.accuracy_level, quantize_lm_head=settings.quantize_lm_head,
+                            embedding=settings.embedding_dtype)
+        max_total = int(config.get("max_position_embeddings", job.default_total_tokens))
         default_total = min(job.default_total_tokens, max_total)
-        self._tune_genai_config(job.out_dir / "genai_config.json", default_total)
-        kv_dtype, kv_bytes = self._kv_cache(job.out_dir / "model.onnx", job.source.config)
+        log_path = job.work_dir / f"{job.fmt.name}-export.log"
+        tensor_count = 3 + 6 * plan.shape.layers + 8 * plan.shape.layers  # a rough total for the bar
+        with progress.task(f"{job.fmt.name}: stream, quantize and write tensors", total=tensor_count) as advance, \
+                converter_errors(job.fmt.name, "the streaming ONNX exporter", log_path):
+            stream_decoder(job.source.path, job.out_dir, plan, on_tensor=lambda name, done, total: advance(1))
+            write_genai_files(job.source.path, job.out_dir, config, default_total,
+                              provider=settings.execution_provider)
         weight_bytes = sum(p.stat().st_size for p in job.out_dir.glob("model.onnx*"))
+        if weight_bytes == 0:
+            raise BuildError(f"{job.fmt.name}: the streaming exporter wrote no weights")
         return ExportResult(
-            quantization={"method": "MatMulNBits weight-only", **asdict(settings)},
+            quantization={"method": "MatMulNBits weight-only (MLAS round-to-nearest)", **asdict(settings),
+                          "embedding": settings.embedding_dtype},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
-            kv_cache_bytes_per_token=kv_bytes,
-            kv_cache_dtype=kv_dtype,
+            kv_cache_bytes_per_token=plan.shape.kv_cache_bytes_per_token(_BYTES[io_dtype]),
+            kv_cache_dtype=io_dtype,
             weight_bytes=weight_bytes,
             runtime_overhead_bytes=300 * 2**20,
-            details={"genai_config": "genai_config.json", "execution_provider": settings.execution_provider},
-            packages={name: version_of(name) or "not installed" for name in ("onnxruntime-genai", "onnxruntime", "onnx", "torch",
-                                                         "transformers")},
+            details={"genai_config": "genai_config.json", "execution_provider": settings.execution_provider,
+                     "exporter": "edgeslm streaming (onnx_ir)"},
+            packages={name: version_of(name) or "not installed" for name in ("onnx-ir", "onnxruntime", "numpy")},
         )
 
-    @staticmethod
-    def _tune_genai_config(path: Path, default_total: int) -> None:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["search"]["max_length"] = default_total
-        path.write_text(json.dumps(config, indent=4) + "\n", encoding="utf-8")
 
-    @staticmethod
-    def _kv_cache(model_path: Path, hf_config: dict[str, Any]) -> tuple[str, int]:
-        import onnx
-
-        model = onnx.load(str(model_path), load_external_data=False)
-        elem = next((i.type.tensor_type.elem_type for i in model.graph.input if i.name.startswith("past_key")), 1)
-        return _DTYPE_NAMES.get(elem, str(elem)), ModelShape.of(hf_config).kv_cache_bytes_per_token(
-            _DTYPE_BYTES.get(elem, 4))
-
-
-EXPORTER = OnnxGenaiExporter()
+EXPORTER = OnnxExporter()

@@ -8,23 +8,36 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class OnnxSettings:
-    """Options passed to onnxruntime-genai's model builder.
+    """How the ONNX decoder is made.
 
+    exporter: ``streaming`` (edgeslm's own, Phi-3 family: reads one tensor at a time from the mapped
+        checkpoint, ~1 GB of RAM at 3.8B, no torch) or ``ort-builder`` (onnxruntime-genai's model builder:
+        loads the whole model with transformers, 23 GB at 3.8B; any architecture it knows; needs
+        ``pip install 'edgeslm[build-onnx-builder]'``).
     precision: weight precision of the MatMuls (int4 MatMulNBits, or int8).
     block_size: quantization block size along the input dimension (16..256, power of two).
-    algorithm: the builder's ``algo_config``: ``default``/``rtn`` round-to-nearest, ``k_quant``
-        (k-quant mixed choice of scales).
+    algorithm: the builder's ``algo_config`` (ort-builder only): ``default``/``rtn`` round-to-nearest,
+        ``k_quant``. The streaming exporter always uses round-to-nearest (MLAS, as ``default``).
     accuracy_level: minimum compute precision of MatMulNBits (4 = int8 activations, fastest on CPU;
         1 = fp32, 2 = fp16, 3 = bf16, 0 = unset).
     symmetric: int4 (true) or uint4 with zero points (false).
     quantize_lm_head: quantize the output projection too (saves ~90 MB on Phi-3.5-mini).
-    execution_provider: what the graph is built for: cpu or cuda.
+    embedding: storage of the embedding table (streaming only): ``auto`` (float16 on both variants),
+        ``float32`` (as the builder does on CPU: 394 MB at 3.8B), ``float16`` or ``int4``
+        (GatherBlockQuantized, block_size, symmetric).
+    execution_provider: what the graph is built for: cpu (fp32 I/O) or cuda (fp16 I/O, Jetson).
     """
 
+    exporter: Literal["streaming", "ort-builder"] = "streaming"
     precision: Literal["int4", "int8"] = "int4"
     block_size: Literal[16, 32, 64, 128, 256] = 32
     algorithm: Literal["default", "rtn", "k_quant"] = "default"
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4
     symmetric: bool = True
     quantize_lm_head: bool = True
+    embedding: Literal["auto", "float32", "float16", "int4"] = "auto"
     execution_provider: Literal["cpu", "cuda"] = "cpu"
+
+    @property
+    def embedding_dtype(self) -> str:
+        return "float16" if self.embedding == "auto" else self.embedding
