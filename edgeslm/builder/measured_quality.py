@@ -61,36 +61,63 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def source_window_nll(model_dir: Path, windows: list[list[int]]) -> list[float]:
-    """The source checkpoint's summed NLL per window (float32, layer by layer: ``reference_logits``)."""
+TORCH_REFERENCE = "torch-fp32-layerwise"  # builder.reference_logits: transformers' Phi3 maths, checked against it
+
+
+def torch_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "safetensors"))
+
+
+def source_logits(model_dir: Path, config: dict, windows: list[list[int]], work_dir: Path) -> tuple[str, Iterator]:
+    """(name of the reference, per window the source's fp32 logits [n, vocab]).
+
+    With torch installed: ``reference_logits`` (fp32, one layer at a time, the maths of transformers'
+    Phi3ForCausalLM). Without (the torch-free ``build-onnx`` install): an unquantized export by the
+    streaming ONNX exporter, run with onnxruntime one layer at a time (``onnx_genai.reference_segments``).
+    """
+    if torch_available():
+        from .reference_logits import reference_logits
+
+        return TORCH_REFERENCE, reference_logits(Path(model_dir), config, windows)
+    from ..backends.onnx_genai import reference_segments
+
+    return reference_segments.NAME, reference_segments.reference_logits(Path(model_dir), config, windows, work_dir)
+
+
+def source_window_nll(model_dir: Path, windows: list[list[int]], work_dir: Path | None = None) -> list[float]:
+    """The source checkpoint's summed NLL per window (float32, layer by layer: ``source_logits``)."""
     import json
+    import tempfile
 
     from ..backends.log_likelihood import nll_per_window
-    from .reference_logits import reference_logits
 
     config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    return nll_per_window((logits[:-1] for logits in reference_logits(Path(model_dir), config, windows)), windows)
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        _, logits = source_logits(Path(model_dir), config, windows, Path(scratch))
+        return nll_per_window((window_logits[:-1] for window_logits in logits), windows)
 
 
 class SourceReference:
     """The source model's NLL per window and log-probabilities (float32, on disk) on the plan's windows."""
 
-    def __init__(self, nll: list[float], logprob_files: list[Path]):
+    def __init__(self, nll: list[float], logprob_files: list[Path], name: str = TORCH_REFERENCE):
         self.nll = nll
         self.logprob_files = logprob_files
+        self.name = name
 
     @classmethod
     def compute(cls, model_dir: Path, config: dict, plan: EvaluationPlan, work_dir: Path) -> SourceReference:
-        from .reference_logits import reference_logits
-
+        name, source = source_logits(model_dir, config, plan.windows, work_dir)
         nll, files = [], []
-        for index, (window, logits) in enumerate(zip(plan.windows, reference_logits(model_dir, config, plan.windows))):
+        for index, (window, logits) in enumerate(zip(plan.windows, source)):
             logprobs = log_softmax(logits[:-1])
             nll.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].sum()))
             path = work_dir / f"reference-window-{index}.npy"
             np.save(path, logprobs.astype(np.float32))
             files.append(path)
-        return cls(nll, files)
+        return cls(nll, files, name)
 
     def logprobs(self, index: int) -> np.ndarray:
         return np.load(self.logprob_files[index], mmap_mode="r")
@@ -125,4 +152,5 @@ def score_artifact(plan: EvaluationPlan, reference: SourceReference, fmt: Format
                    window_tokens=plan.window_tokens, source=round(source_ppl, 4), artifact=round(artifact_ppl, 4),
                    relative_change=round(change, 5), dataset_sha256=plan.text.sha256(),
                    kl_divergence=round(kl_sum / plan.predicted_tokens, 6), max_relative_change=plan.max_increase,
-                   within_limit=within, allowed_loss=not within, scored_on=scored_on)
+                   within_limit=within, allowed_loss=not within, scored_on=scored_on,
+                   reference=reference.name)

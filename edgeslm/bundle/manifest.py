@@ -95,6 +95,7 @@ class Quality:
     allowed_loss: bool = False  # over the limit, kept with --allow-quality-loss
     scored_on: str = ""  # the provider that ran the artifact's windows (a CUDA graph is scored on the CPU
     # of a build host without a GPU: same graph and weights, other kernels)
+    reference: str = ""  # how the source was scored: torch-fp32-layerwise, or onnx-fp32-layerwise (torch-free)
 
 
 @dataclass(frozen=True)

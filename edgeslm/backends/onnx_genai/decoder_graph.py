@@ -237,13 +237,18 @@ def build_decoder(plan: DecoderPlan, weights: LazyWeights) -> ir.Model:
     return _Graph(plan, weights).build()
 
 
-def needed_tensors(shape: ModelShape, layers: range, embed: bool, head: bool) -> list[str]:
-    """The checkpoint tensors a decoder (segment) reads, to check before any work."""
-    names = ["model.embed_tokens.weight"] if embed else []
+def needed_tensors(shape: ModelShape, layers: range, embed: bool, head: bool) -> dict[str, tuple[int, ...]]:
+    """The checkpoint tensors a decoder (segment) reads and the shapes the config implies, to check
+    before any work (a config that does not match its weights would otherwise export garbage)."""
+    h, q, kv = shape.hidden_size, shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    names: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (shape.vocab_size, h)} if embed else {}
     for i in layers:
-        names += [f"model.layers.{i}.{t}" for t in ("input_layernorm.weight", "self_attn.qkv_proj.weight",
-                                                     "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-                                                     "mlp.gate_up_proj.weight", "mlp.down_proj.weight")]
+        names.update({f"model.layers.{i}.input_layernorm.weight": (h,),
+                      f"model.layers.{i}.self_attn.qkv_proj.weight": (q + 2 * kv, h),
+                      f"model.layers.{i}.self_attn.o_proj.weight": (h, q),
+                      f"model.layers.{i}.post_attention_layernorm.weight": (h,),
+                      f"model.layers.{i}.mlp.gate_up_proj.weight": (2 * shape.intermediate_size, h),
+                      f"model.layers.{i}.mlp.down_proj.weight": (h, shape.intermediate_size)})
     if head:
-        names += ["model.norm.weight", "lm_head.weight"]
+        names.update({"model.norm.weight": (h,), "lm_head.weight": (shape.vocab_size, h)})
     return names

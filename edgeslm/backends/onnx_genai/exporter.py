@@ -35,9 +35,9 @@ class OnnxExporter:
         if settings.exporter == "ort-builder":
             self.builder.check_available()
             return self.builder.check_settings(settings, source)
-        from .streaming_export import check_architecture
+        from .streaming_export import check_checkpoint
 
-        check_architecture(source.config)
+        check_checkpoint(source.path, source.config)
         if settings.algorithm == "k_quant":
             raise UsageError("the streaming ONNX exporter quantizes round-to-nearest; algorithm=k_quant needs the "
                              "builder", hint="add [[set]] onnx-int4-cpu.exporter=ort-builder, or drop algorithm")

@@ -87,7 +87,7 @@ class LazyWeights:
         zero_points = None
         if not symmetric:
             zp_cols = -(-blocks * bits // 8)
-            zero_points = self._lazy(f"{onnx_prefix}.weight_zp", part("zero_points"), np.uint8, (n, zp_cols))
+            zero_points = self._lazy(f"{onnx_prefix}.weight_zero_points", part("zero_points"), np.uint8, (n, zp_cols))
         self._counts[key] = 2 if symmetric else 3
         return QuantizedMatMul(packed, scales, zero_points, k, n)
 

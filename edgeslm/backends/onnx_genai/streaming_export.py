@@ -51,6 +51,16 @@ def check_architecture(config: dict[str, Any]) -> None:
         raise BuildError(f"the streaming ONNX exporter cannot build this checkpoint's rotary embedding: {exc}") from None
 
 
+def check_checkpoint(source_dir: Path, config: dict[str, Any]) -> None:
+    """Everything that can be known before the export: architecture, tensors, their shapes and dtypes."""
+    check_architecture(config)
+    tensors = CheckpointTensors(source_dir)
+    try:
+        tensors.check(needed_tensors(ModelShape.of(config), range(ModelShape.of(config).layers), True, True))
+    finally:
+        tensors.close()
+
+
 def decoder_plan(config: dict[str, Any], **options) -> DecoderPlan:
     return DecoderPlan(shape=ModelShape.of(config), rotary=RotaryPlan.of(config),
                        eps=float(config.get("rms_norm_eps", 1e-5)), **options)
@@ -65,7 +75,7 @@ def stream_decoder(source_dir: Path, out_dir: Path, plan: DecoderPlan, *,
     tensors = CheckpointTensors(source_dir)
     layers = plan.layer_range
     embed = not (plan.inputs_embeds or plan.first_layer > 0)
-    tensors.check_dtypes(needed_tensors(plan.shape, layers, embed, not plan.hidden_output))
+    tensors.check(needed_tensors(plan.shape, layers, embed, not plan.hidden_output))
     weights = LazyWeights(tensors, np.float32 if plan.io_dtype == "float32" else np.float16)
     model = build_decoder(plan, weights)
     total = len(model.graph.initializers)
