@@ -1,21 +1,24 @@
-"""Benchmark ``edgeslm build --target raspberrypi`` on a full-size random Phi-3.5-mini checkpoint.
+"""Both ONNX exporters side by side on a full-size random Phi-3.5-mini: wall time, RSS over time, size.
 
-Makes sure the random checkpoint exists (``make_random_checkpoint.py``, run in a child process so
-that torch is never imported here and this monitor stays small next to a ~23 GB build), then for
-each repeat:
+Makes sure the random checkpoint exists (``make_random_checkpoint.py``, in a child process), then for
+each repeat runs, one after the other on the same machine:
 
-* anchor: a child process loads every tensor of the checkpoint into memory with safetensors
-  (``safe_open`` + ``get_tensor().clone()``, all kept; a shard's mmap pages count while it is open);
-* build: ``edgeslm build --target raspberrypi --model CKPT --out OUT --force --json``, then
-  ``edgeslm verify OUT``, artifact size and file count of ``OUT/artifacts/onnx-int4-cpu``.
+* streaming: ``edgeslm build --target raspberrypi --model CKPT --out OUT --force --json --no-eval``
+  (edgeslm's streaming exporter, the default);
+* builder: the same with ``--set onnx-int4-cpu.exporter=ort-builder`` (onnxruntime-genai's builder:
+  transformers loads the whole model). Skipped with ``--skip-builder`` where RAM is short (~23 GB).
 
-For both, wall time and peak RSS are measured the same way: /proc is sampled every 0.2 s and the
-RSS of the child and all its descendants is summed (shared pages count once per process), and
-``ru_maxrss`` comes from ``os.wait4`` of the child (the largest single process, exact). Ratios
-build/anchor put the numbers in proportion. Medians over repeats go to the JSON file.
+``--no-eval`` on both: the comparison is of the exporters (the quality reference and scoring are the
+same code on both sides and are measured in ``reference_scoring.py``). ``--with-eval`` adds a third
+run, streaming with measured quality, for the whole build's peak.
 
-Usage: python benchmarks/build_full_size.py [--checkpoint DIR] [--out DIR] [--repeats N]
-           [--keep-bundle] [--json-out FILE]
+Per run: wall time; RSS of the child and its descendants sampled from /proc every 0.2 s (kept as a
+time series for the plot); ``ru_maxrss`` from ``os.wait4`` (the largest single process, exact);
+artifact size; ``edgeslm verify``. Ratios streaming/builder in the same run. Writes the JSON and a PNG
+of RSS over time for both exporters (matplotlib; benchmarks/setup_bench_env.sh installs it).
+
+Usage: python benchmarks/build_full_size.py [--checkpoint DIR] [--out DIR] [--repeats N] [--skip-builder]
+           [--with-eval] [--json-out FILE] [--plot FILE]
 """
 from __future__ import annotations
 
@@ -38,29 +41,20 @@ import psutil
 
 HERE = Path(__file__).resolve().parent
 ARTIFACT = "onnx-int4-cpu"
-PACKAGES = ("edgeslm", "onnxruntime-genai", "onnxruntime", "onnx", "torch", "transformers", "safetensors")
+PACKAGES = ("edgeslm", "onnxruntime-genai", "onnxruntime", "onnx-ir", "onnx", "torch", "transformers")
 ENSURE = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
           "from make_random_checkpoint import DEFAULT_CONFIG_DIR, make_random_checkpoint; "
           "make_random_checkpoint(DEFAULT_CONFIG_DIR, Path(sys.argv[2]))")
-ANCHOR = """import json, sys, time
-from pathlib import Path
-from safetensors import safe_open
-start, tensors, nbytes = time.perf_counter(), {}, 0
-for shard in sorted(Path(sys.argv[1]).glob('*.safetensors')):
-    with safe_open(shard, 'pt') as f:
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k).clone()
-            nbytes += tensors[k].nbytes
-print(json.dumps({'bytes': nbytes, 'tensors': len(tensors), 'load_s': time.perf_counter() - start}))
-"""
+VARIANTS = {"streaming": ["--no-eval"], "builder": ["--no-eval", "--set", f"{ARTIFACT}.exporter=ort-builder"],
+            "streaming+eval": []}
 
 
 def measure(cmd: list[str], interval: float = 0.2) -> dict:
-    """Run cmd; return rc, wall_s, peak tree RSS (sampled), ru_maxrss (wait4), stdout, stderr."""
+    """Run cmd; return rc, wall_s, peak tree RSS (sampled) and its time series, ru_maxrss (wait4), output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
-        peak, done = [0], threading.Event()
+        series, done = [], threading.Event()
 
         def sample() -> None:
             root = psutil.Process(proc.pid)
@@ -75,7 +69,7 @@ def measure(cmd: list[str], interval: float = 0.2) -> dict:
                         total += p.memory_info().rss
                     except psutil.Error:
                         pass
-                peak[0] = max(peak[0], total)
+                series.append((round(time.perf_counter() - start, 2), total))
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -86,9 +80,10 @@ def measure(cmd: list[str], interval: float = 0.2) -> dict:
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)  # keep Popen from waiting again
         out.seek(0), err.seek(0)
-        return {"rc": proc.returncode, "wall_s": round(wall, 2), "peak_rss_sampled_bytes": peak[0],
-                "ru_maxrss_bytes": usage.ru_maxrss * 1024, "stdout": out.read().decode(errors="replace"),
-                "stderr": err.read().decode(errors="replace")}
+        return {"rc": proc.returncode, "wall_s": round(wall, 2),
+                "peak_rss_sampled_bytes": max((rss for _, rss in series), default=0), "rss_series": series,
+                "ru_maxrss_bytes": usage.ru_maxrss * 1024, "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                "stdout": out.read().decode(errors="replace"), "stderr": err.read().decode(errors="replace")}
 
 
 def failure_reason(rc: int) -> str:
@@ -132,91 +127,99 @@ def tree_size(root: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def one_run(ckpt: Path, out: Path) -> dict:
+def one_run(ckpt: Path, out: Path, variant: str) -> dict:
     mem_available = psutil.virtual_memory().available
-    anchor = measure([sys.executable, "-c", ANCHOR, str(ckpt)])
-    if anchor["rc"] != 0:
-        raise SystemExit(f"anchor load failed ({failure_reason(anchor['rc'])}):\n{anchor['stderr'][-3000:]}")
-    anchor.update(json.loads(anchor.pop("stdout")))
-    del anchor["stderr"]
     cmd = [sys.executable, "-m", "edgeslm", "build", "--target", "raspberrypi", "--model", str(ckpt),
-           "--out", str(out), "--force", "--json"]
+           "--out", str(out), "--force", "--json", *VARIANTS[variant]]
     build = measure(cmd)
-    run = {"anchor": anchor, "build": build, "mem_available_before_bytes": mem_available}
+    build.update(variant=variant, mem_available_before_bytes=mem_available)
     if build["rc"] != 0:
         build["failed"] = failure_reason(build["rc"])
-        return run
-    build["result"] = json.loads(build.pop("stdout"))
-    build["stderr_tail"] = build.pop("stderr")[-2000:]
+        build["stderr_tail"] = build.pop("stderr")[-3000:]
+        build.pop("stdout", None)
+        return build
+    build.pop("stdout")
+    build["stderr_tail"] = build.pop("stderr")[-1500:]
     build["artifact_bytes"], build["artifact_files"] = tree_size(out / "artifacts" / ARTIFACT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    build["quality"] = manifest["artifacts"][0].get("quality")
     verify = subprocess.run([sys.executable, "-m", "edgeslm", "verify", str(out)],
                             check=False, capture_output=True, text=True)
-    build["verify_passed"], build["verify_output"] = verify.returncode == 0, verify.stdout.strip()[-1000:]
-    for key in ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes"):
-        build[f"ratio_{key}"] = round(build[key] / anchor[key], 2) if anchor[key] else None
-    return run
+    build["verify_passed"] = verify.returncode == 0
+    shutil.rmtree(out, ignore_errors=True)
+    return build
 
 
-def print_table(runs: list[dict], med: dict) -> None:
-    gb = 1e9
-    print(f"\n{'run':<8}{'metric':<22}{'build':>12}{'anchor (load)':>16}{'ratio':>9}")
-    for i, r in enumerate([*runs, {"build": med["build"], "anchor": med["anchor"]}]):
-        b, a, label = r["build"], r["anchor"], str(i + 1) if i < len(runs) else "median"
-        for key, name, scale, unit in (("wall_s", "wall time", 1, "s"),
-                                       ("peak_rss_sampled_bytes", "peak RSS (tree, 0.2s)", gb, "GB"),
-                                       ("ru_maxrss_bytes", "ru_maxrss (wait4)", gb, "GB")):
-            bv = f"{b[key] / scale:.2f} {unit}" if key in b else "-"
-            ratio = f"{b[key] / a[key]:.2f}x" if key in b and a.get(key) else "-"
-            print(f"{label:<8}{name:<22}{bv:>12}{a[key] / scale:>13.2f} {unit:<2}{ratio:>9}")
-    last = runs[-1]["build"]
-    print(f"\ncheckpoint tensors read: {runs[-1]['anchor']['bytes'] / gb:.2f} GB")
-    if "artifact_bytes" in last:
-        print(f"artifact {ARTIFACT}: {last['artifact_bytes'] / gb:.2f} GB in {last['artifact_files']} files; "
-              f"verify {'passed' if last['verify_passed'] else 'FAILED'}")
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for run in runs:
+        if run.get("rss_series"):
+            t, rss = zip(*run["rss_series"])
+            ax.plot(t, [r / 2**30 for r in rss], label=f"{run['variant']} (peak {run['peak_rss_sampled_bytes'] / 2**30:.1f} GiB, "
+                    f"{run['wall_s']:.0f} s)")
+    ax.axhline(4, color="grey", linestyle="--", linewidth=1, label="4 GiB goal")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("RSS of the build (GiB, process tree)")
+    ax.set_title("edgeslm build --target raspberrypi, full-size Phi-3.5-mini (random bf16), ONNX int4")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def print_table(summary: dict) -> None:
+    gib = 2**30
+    print(f"\n{'exporter':<16}{'wall s':>9}{'peak RSS GiB':>14}{'ru_maxrss GiB':>15}{'artifact GB':>13}")
+    for name, row in summary.items():
+        if isinstance(row, dict) and "wall_s" in row:
+            print(f"{name:<16}{row['wall_s']:>9.1f}{row['peak_rss_sampled_bytes'] / gib:>14.2f}"
+                  f"{row['ru_maxrss_bytes'] / gib:>15.2f}{row['artifact_bytes'] / 1e9:>13.2f}")
+    for key, value in summary.get("ratios", {}).items():
+        print(f"{key}: {value}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/phi35-random-full"),
+    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/phi35-random"),
                     help="cache dir of the random full-size checkpoint (made if missing)")
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "edgeslm-bench-rpi.bundle")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--keep-bundle", action="store_true", help="do not delete the built bundle afterwards")
+    ap.add_argument("--skip-builder", action="store_true")
+    ap.add_argument("--with-eval", action="store_true")
     ap.add_argument("--json-out", type=Path, default=HERE / "results" / "build_full_size.json")
+    ap.add_argument("--plot", type=Path, default=HERE.parent / "docs" / "images" / "build_full_size_rss.png")
     args = ap.parse_args()
 
     subprocess.run([sys.executable, "-c", ENSURE, str(HERE), str(args.checkpoint)], check=True)
-    runs, failed = [], None
+    variants = ["streaming"] + ([] if args.skip_builder else ["builder"]) + (["streaming+eval"] if args.with_eval else [])
+    runs = []
     for i in range(args.repeats):
-        print(f"repeat {i + 1}/{args.repeats}: anchor load, then build ...", flush=True)
-        runs.append(one_run(args.checkpoint, args.out))
-        if "failed" in runs[-1]["build"]:
-            failed = runs[-1]["build"]
-            break
-    ok = [r for r in runs if "failed" not in r["build"]]
-    keys = ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes")
-    med = {part: {k: statistics.median(r[part][k] for r in (ok if part == "build" else runs)) for k in keys}
-           for part in ("anchor", "build")} if ok else {"anchor": {}, "build": {}}
-    report = {"benchmark": "edgeslm build --target raspberrypi, full-size random Phi-3.5-mini (bf16)",
+        for variant in variants:
+            print(f"repeat {i + 1}/{args.repeats}: {variant} ...", flush=True)
+            runs.append(one_run(args.checkpoint, args.out, variant))
+            if "failed" in runs[-1]:
+                print(f"  {variant} FAILED: {runs[-1]['failed']}\n{runs[-1]['stderr_tail']}", file=sys.stderr)
+    keys = ("wall_s", "cpu_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "artifact_bytes")
+    summary: dict = medians_by(runs, "variant", keys)
+    if "streaming" in summary and "builder" in summary:
+        s, b = summary["streaming"], summary["builder"]
+        summary["ratios"] = {f"streaming/builder {k}": round(s[k] / b[k], 3) for k in keys if b[k]}
+    report = {"benchmark": "ONNX exporters on a full-size random Phi-3.5-mini (bf16), edgeslm build --target raspberrypi",
               "command": " ".join(sys.argv), "checkpoint": str(args.checkpoint), "host": host_info(),
-              "repeats_requested": args.repeats, "status": "failed" if failed else "ok",
-              "failure": failed and failed["failed"], "runs": runs, "median": med}
-    if failed:  # keep what we know: the stderr tail, no made-up numbers
-        failed["stderr_tail"] = failed.pop("stderr")[-4000:]
-        failed.pop("stdout", None)
+              "repeats": args.repeats, "summary": summary, "runs": runs}
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
-    args.json_out.write_text(json.dumps(report, indent=2) + "\n")
-    if not args.keep_bundle:
-        shutil.rmtree(args.out, ignore_errors=True)
-    if failed:
-        print(f"build FAILED: {failed['failed']} after {failed['wall_s']} s, peak tree RSS "
-              f"{failed['peak_rss_sampled_bytes'] / 1e9:.2f} GB\n--- stderr tail ---\n{failed['stderr_tail']}",
-              file=sys.stderr)
-        sys.exit(1)
-    print_table(runs, med)
-    print(f"\nwrote {args.json_out}")
-    if not all(r["build"]["verify_passed"] for r in runs):
-        sys.exit("edgeslm verify failed on the built bundle")
+    args.json_out.write_text(json.dumps(report, indent=1) + "\n")
+    plot([r for r in runs if r is next(x for x in runs if x["variant"] == r["variant"])], args.plot)
+    print_table(summary)
+    print(f"\nwrote {args.json_out} and {args.plot}")
+    if any("failed" in r or not r.get("verify_passed") for r in runs):
+        sys.exit("a build failed or its bundle did not verify")
 
 
 if __name__ == "__main__":

@@ -191,7 +191,8 @@ def _reshard_as_fp32(model: Path) -> None:
         save_file({k: tensors[k] for k in keys}, str(model / shard), metadata={"format": "pt"})
         weight_map.update({k: shard for k in keys})
     (model / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    assert load_file(str(model / "model-00001-of-00002.safetensors"))[halves["model-00001-of-00002.safetensors"][0]].dtype == np.float32
+    first = "model-00001-of-00002.safetensors"
+    assert load_file(str(model / first))[halves[first][0]].dtype == np.float32
 
 
 def _load_bf16(path: Path) -> dict[str, np.ndarray]:

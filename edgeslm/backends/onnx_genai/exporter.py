@@ -9,6 +9,7 @@ architectures the streaming exporter does not build and for comparisons.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
@@ -72,11 +73,20 @@ class OnnxExporter:
         default_total = min(job.default_total_tokens, max_total)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
         tensor_count = 3 + 6 * plan.shape.layers + 8 * plan.shape.layers  # a rough total for the bar
+        started = time.perf_counter()
         with progress.task(f"{job.fmt.name}: stream, quantize and write tensors", total=tensor_count) as advance, \
-                converter_errors(job.fmt.name, "the streaming ONNX exporter", log_path):
-            stream_decoder(job.source.path, job.out_dir, plan, on_tensor=lambda name, done, total: advance(1))
+                converter_errors(job.fmt.name, "the streaming ONNX exporter", log_path), \
+                open(log_path, "w", encoding="utf-8") as log:
+            log.write(f"streaming export of {job.source.path} with {settings}\n")
+
+            def written(name: str, done: int, total: int) -> None:
+                log.write(f"{time.perf_counter() - started:8.1f}s {done:5d}/{total} {name}\n")
+                advance(1)
+
+            stream_decoder(job.source.path, job.out_dir, plan, on_tensor=written)
             write_genai_files(job.source.path, job.out_dir, config, default_total,
                               provider=settings.execution_provider)
+            log.write(f"done in {time.perf_counter() - started:.1f}s\n")
         weight_bytes = sum(p.stat().st_size for p in job.out_dir.glob("model.onnx*"))
         if weight_bytes == 0:
             raise BuildError(f"{job.fmt.name}: the streaming exporter wrote no weights")
@@ -91,7 +101,8 @@ class OnnxExporter:
             runtime_overhead_bytes=300 * 2**20,
             details={"genai_config": "genai_config.json", "execution_provider": settings.execution_provider,
                      "exporter": "edgeslm streaming (onnx_ir)"},
-            packages={name: version_of(name) or "not installed" for name in ("onnx-ir", "onnxruntime", "numpy")},
+            packages={name: version_of(name) or "not installed"
+                      for name in ("onnx-ir", "onnxruntime", "onnxruntime-genai", "numpy")},
         )
 
 

@@ -9,6 +9,8 @@ onnxruntime's quantization kernel is needed (no torch, no transformers).
 
 from __future__ import annotations
 
+import errno
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BuildError
+from ...errors import BuildError, DiskSpaceError
 from ...model_shape import ModelShape
 from .checkpoint_tensors import CheckpointTensors
 from .decoder_graph import DecoderPlan, build_decoder, needed_tensors
@@ -92,6 +94,12 @@ def stream_decoder(source_dir: Path, out_dir: Path, plan: DecoderPlan, *,
     try:
         ir.save(model, model_path, external_data=f"{filename}.data", callback=progress,
                 max_workers=WRITER_THREADS, max_in_flight_bytes=512 * 2**20)
+    except OSError as exc:
+        # a short write ("N requested and M written") carries no errno: look at the disk
+        if exc.errno == errno.ENOSPC or shutil.disk_usage(out_dir).free < 16 * 2**20:
+            raise DiskSpaceError(f"out of disk space while writing {out_dir.name}/{filename}.data",
+                                 hint="free some space or pass [[out]] on a larger disk") from None
+        raise
     finally:
         tensors.close()
     return StreamedDecoder(model_path, out_dir / f"{filename}.data", written)
