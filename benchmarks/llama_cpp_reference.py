@@ -19,6 +19,11 @@ Steps (each skipped when its output already exists in ``--work``):
             each window is evaluated alone with ``logits_all=True`` and the NLL of tokens 1..T-1 computed from
             the logits with numpy (float64 log-softmax): the window convention of edgeslm's measured quality.
 
+llama.cpp picks the LongRoPE factors by context size: short for n_ctx <= original_max_position_embeddings
+(4096), long above (for every position, unlike transformers, which switches on the sequence length).
+On AVX2/AVX-512 CPUs Q4_0 weights are repacked at load (q4_0_8x8) into a second buffer, so the
+process RSS is about twice the GGUF size.
+
 Output: one JSON object on stdout; progress goes to stderr.
 
 Usage: benchmarks/.venv/bin/python benchmarks/llama_cpp_reference.py --checkpoint DIR --work DIR
@@ -49,18 +54,13 @@ def log(msg: str) -> None:
 
 
 def physical_cores() -> int:
-    """Distinct (physical id, core id) pairs of /proc/cpuinfo within this process's CPU set."""
-    allowed = os.sched_getaffinity(0)
-    cores, proc, phys = set(), None, "0"
+    """Distinct (physical id, core id) pairs of /proc/cpuinfo among the CPUs this process may run on."""
+    allowed, cores = os.sched_getaffinity(0), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
-            key, _, val = (s.strip() for s in line.partition(":"))
-            if key == "processor":
-                proc = int(val)
-            elif key == "physical id":
-                phys = val
-            elif key == "core id" and proc in allowed:
-                cores.add((phys, val))
+        for block in Path("/proc/cpuinfo").read_text().split("\n\n"):
+            info = dict((s.strip() for s in line.split(":", 1)) for line in block.splitlines() if ":" in line)
+            if "processor" in info and int(info["processor"]) in allowed:
+                cores.add((info.get("physical id"), info.get("core id", info["processor"])))
     except OSError:
         pass
     return len(cores) or len(allowed)

@@ -158,8 +158,7 @@ def main() -> None:
         variants[f"streamed b{block} {'sym' if sym else 'asym'}"] = {"block_size": str(block),
                                                                       "symmetric": "true" if sym else "false"}
     if args.builder:
-        variants["builder b32 sym"] = {"block_size": "32", "symmetric": "true", "exporter": "ort-builder",
-                                       "embedding": "float32"}
+        variants["builder b32 sym"] = {"block_size": "32", "symmetric": "true", "exporter": "ort-builder"}
     bandwidth = read_bandwidth(args.bandwidth_gib, threads)
     rows: dict[str, dict] = {}
     for name, settings in variants.items():

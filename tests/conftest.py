@@ -132,6 +132,18 @@ def build_for_target(tmp_path_factory, target: str, *extra: str) -> Path:
     return out
 
 
+@pytest.fixture()
+def small_disk(tmp_path: Path):
+    """A real 12 MB filesystem (tmpfs; needs root, else the test is skipped): smaller than any artifact."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
 def random_phi3_checkpoint(folder: Path, **config) -> Path:
     """A small random-weight Phi-3 checkpoint (the demo model's tokenizer and config, then ``config``)."""
     import torch

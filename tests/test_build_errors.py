@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -104,17 +103,6 @@ def test_offline_hub_id_says_how_to_pass_a_folder(tmp_path: Path):
     result = run_cli("build", "--target", "raspberrypi", "--out", str(tmp_path / "o"),
                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_clean_error(result, "microsoft/Phi-3.5-mini-instruct", "--model DIR")
-
-
-@pytest.fixture()
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_out_of_disk_space(small_disk: Path):

@@ -39,9 +39,12 @@ PERPLEXITY_RTOL = 0.005
 
 def export(source_dir: Path, out: Path, fmt: str = "onnx-int4-cpu", **settings) -> Path:
     source = load_source(str(source_dir))
-    base = {"embedding": "float32", **settings}  # the builder stores an fp32 table on CPU
+    builder = settings.get("exporter") == "ort-builder"
+    # the builder stores the table in the I/O dtype: fp32 on CPU, fp16 for CUDA; the streamed side does the same here
+    base = {} if builder else {"embedding": "float32"}
     if fmt == "onnx-int4-cuda":
-        base = {"embedding": "float16", "execution_provider": "cuda", **settings}
+        base = {"execution_provider": "cuda"} if builder else {"embedding": "float16", "execution_provider": "cuda"}
+    base.update(settings)
     chosen = OnnxSettings(**base)
     work = out.with_name(out.name + ".work")
     for folder in (out, work):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,17 +108,6 @@ def test_shard_truncated_after_the_export_started(tmp_path: Path):
     with pytest.raises(BuildError, match="model.safetensors is truncated"):
         tensors.fp32(last)
     tensors.close()
-
-
-@pytest.fixture()
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_disk_full_while_writing_external_data(small_disk: Path, tmp_path: Path):

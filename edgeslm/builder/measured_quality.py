@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import FormatSpec
 from ..bundle.manifest import Quality
-from ..errors import QualityError
+from ..errors import BuildError, EdgeslmError, QualityError
 from ..registry import backend_of
 from .text_windows import BuildText
 
@@ -109,18 +109,38 @@ class SourceReference:
 
     @classmethod
     def compute(cls, model_dir: Path, config: dict, plan: EvaluationPlan, work_dir: Path) -> SourceReference:
-        name, source = source_logits(model_dir, config, plan.windows, work_dir)
-        nll, files = [], []
-        for index, (window, logits) in enumerate(zip(plan.windows, source)):
-            logprobs = log_softmax(logits[:-1])
-            nll.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].sum()))
-            path = work_dir / f"reference-window-{index}.npy"
-            np.save(path, logprobs.astype(np.float32))
-            files.append(path)
+        """Computed in a child process: torch's allocator and onnxruntime keep what they took until the
+        process ends, and the build's memory peak comes later, when the artifacts are scored."""
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(1) as pool:  # leaving the block terminates the child,
+            # also on Ctrl-C or SIGTERM (turned into KeyboardInterrupt by the CLI)
+            try:
+                nll, files, name = pool.apply(_reference_files, (Path(model_dir), config, plan.windows,
+                                                                 Path(work_dir)))
+            except EdgeslmError:
+                raise
+            except Exception as exc:  # the child's ValueError/RuntimeError/MemoryError, re-raised here
+                raise BuildError(f"the source reference failed: {type(exc).__name__}: {exc}",
+                                 hint="pass [[no_eval]] to build without measuring quality") from None
         return cls(nll, files, name)
 
     def logprobs(self, index: int) -> np.ndarray:
         return np.load(self.logprob_files[index], mmap_mode="r")
+
+
+def _reference_files(model_dir: Path, config: dict, windows: list[list[int]],
+                     work_dir: Path) -> tuple[list[float], list[Path], str]:
+    """The source's NLL per window and log-probability files (in ``work_dir``), and the reference's name."""
+    name, source = source_logits(model_dir, config, windows, work_dir)
+    nll, files = [], []
+    for index, (window, logits) in enumerate(zip(windows, source)):
+        logprobs = log_softmax(logits[:-1])
+        nll.append(float(-logprobs[np.arange(len(window) - 1), window[1:]].sum()))
+        path = work_dir / f"reference-window-{index}.npy"
+        np.save(path, logprobs.astype(np.float32))
+        files.append(path)
+    return nll, files, name
 
 
 def artifact_logits(fmt: FormatSpec, artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:

@@ -74,7 +74,8 @@ class OrtBuilderExporter:
         kv_dtype, kv_bytes = self._kv_cache(job.out_dir / "model.onnx", job.source.config)
         weight_bytes = sum(p.stat().st_size for p in job.out_dir.glob("model.onnx*"))
         return ExportResult(
-            quantization={"method": "MatMulNBits weight-only", **asdict(settings)},
+            quantization={"method": "MatMulNBits weight-only", **asdict(settings),
+                          "embedding": "float16" if settings.execution_provider == "cuda" else "float32"},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
             kv_cache_bytes_per_token=kv_bytes,

@@ -35,6 +35,9 @@ class OnnxExporter:
     def check_settings(self, settings: OnnxSettings, source: SourceModel) -> None:
         if settings.exporter == "ort-builder":
             self.builder.check_available()
+            if settings.embedding != "auto":
+                raise UsageError("embedding applies to the streaming exporter; onnxruntime-genai's builder keeps the "
+                                 "table in the I/O dtype", hint="drop embedding, or the exporter=ort-builder setting")
             return self.builder.check_settings(settings, source)
         from .streaming_export import check_checkpoint
 
