@@ -122,7 +122,7 @@ def measure_llama(ckpt: Path, work: Path, prompt_tokens: int, tokens: int, repea
            "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(tokens), "--repeats", str(repeats),
            "--threads", str(threads)]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout)
 
 
 def demo_perplexity(work: Path, settings: dict[str, str]) -> float:
@@ -164,6 +164,10 @@ def main() -> None:
     for name, settings in variants.items():
         print(f"{name}: build and measure ...", file=sys.stderr, flush=True)
         bundle = build(args.checkpoint, args.work / name.replace(" ", "-"), settings)
+        measured = bundle.with_name(bundle.name + ".measured.json")  # a rerun keeps what was measured
+        if measured.is_file():
+            rows[name] = json.loads(measured.read_text())
+            continue
         artifact = bundle / "artifacts" / ART
         row = measure_shim(bundle, args.decode_tokens, args.repeats)
         row["bytes_per_token"] = weight_bytes_per_token(artifact)
@@ -173,6 +177,7 @@ def main() -> None:
         if args.demo_perplexity:
             row["demo_perplexity"] = demo_perplexity(args.work, settings)
         rows[name] = row
+        measured.write_text(json.dumps(row))
     prompt_tokens = next(iter(rows.values()))["prompt_tokens"] if rows else 64
     if args.llama:
         print("llama.cpp Q4_0: convert and measure ...", file=sys.stderr, flush=True)
@@ -185,7 +190,7 @@ def main() -> None:
                                    "--work", str(args.work / "llama-demo"), "--repeats", "0", "--perplexity-text",
                                    str(HELDOUT), "--perplexity-windows", "8", "--window-tokens", "512"],
                                   check=True, capture_output=True, text=True)
-            llama["demo_perplexity"] = json.loads(demo.stdout.strip().splitlines()[-1]).get("perplexity")
+            llama["demo_perplexity"] = json.loads(demo.stdout)["perplexity"]["perplexity"]
         rows["llama.cpp Q4_0"] = llama
         for row in rows.values():
             row["vs_llama_cpp"] = row["decode_tok_s"] / llama["decode_tok_s"]

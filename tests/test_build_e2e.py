@@ -41,7 +41,7 @@ def test_manifest_artifact_entry(built_bundle: Path):
     assert art.format == "onnx-int4-cpu" and art.device_kinds == ("cpu",)
     assert set(art.cpu_archs) == {"x86_64", "arm64"}
     assert art.runtime.package == "onnxruntime-genai"
-    assert art.quantization["precision"] == "int4" and art.quantization["block_size"] == 32
+    assert art.quantization["precision"] == "int4" and art.quantization["block_size"] == 128
     # KV cache: 2 (k, v) x 6 layers x 4 heads x 64 dims x 4 bytes (float32 on CPU)
     assert art.memory.kv_cache_bytes_per_token == 2 * 6 * 4 * 64 * 4
     assert art.memory.weight_bytes == sum(f.size for f in art.files if "/model.onnx" in f.path)
@@ -52,7 +52,7 @@ def test_manifest_artifact_entry(built_bundle: Path):
     genai = json.loads((built_bundle / art.path / "genai_config.json").read_text())
     assert genai["search"]["max_length"] == 4096  # never the model's 131072 default
     assert m.provenance.packages["onnxruntime-genai"]
-    assert m.provenance.recipe["formats"]["onnx-int4-cpu"]["block_size"] == 32
+    assert m.provenance.recipe["formats"]["onnx-int4-cpu"]["block_size"] == 128
     assert art.quality is not None and art.quality.windows == 4
     assert abs(art.quality.relative_change) < 0.03
 

@@ -42,6 +42,7 @@ class DecoderPlan:
     accuracy_level: int = 4
     quantize_lm_head: bool = True
     embedding: Literal["float32", "float16", "int4"] = "float32"
+    embedding_block: int = 32  # block size of an int4 table (must divide hidden_size)
     inputs_embeds: bool = False  # the decoder takes embeddings (vision models embed outside)
     first_layer: int = 0
     end_layer: int | None = None  # None: all layers
@@ -174,9 +175,9 @@ class _Graph:
     def embedding(self, ids: ir.Value) -> ir.Value:
         plan, name = self.plan, "model.embed_tokens.weight"
         if plan.embedding == "int4":
-            data, scales = self.weights.quantized_table(name, "model.embed_tokens", plan.block_size)
+            data, scales = self.weights.quantized_table(name, "model.embed_tokens", plan.embedding_block)
             return self.op("GatherBlockQuantized", [self.initializer(data), ids, self.initializer(scales)],
-                           "/model/embed_tokens/GatherBlockQuantized", MS, bits=4, block_size=plan.block_size,
+                           "/model/embed_tokens/GatherBlockQuantized", MS, bits=4, block_size=plan.embedding_block,
                            gather_axis=0, quantize_axis=1)
         table_dtype = np.float16 if plan.embedding == "float16" else np.float32
         table = self.initializer(self.weights.table(name, name, table_dtype))

@@ -35,9 +35,8 @@ class OnnxExporter:
     def check_settings(self, settings: OnnxSettings, source: SourceModel) -> None:
         if settings.exporter == "ort-builder":
             self.builder.check_available()
-            if settings.embedding != "auto":
-                raise UsageError("embedding applies to the streaming exporter; onnxruntime-genai's builder keeps the "
-                                 "table in the I/O dtype", hint="drop embedding, or the exporter=ort-builder setting")
+            # embedding applies to the streaming exporter only: the builder keeps the table in the I/O dtype,
+            # and its manifest entry says so
             return self.builder.check_settings(settings, source)
         from .streaming_export import check_checkpoint
 
@@ -45,8 +44,9 @@ class OnnxExporter:
         if settings.algorithm == "k_quant":
             raise UsageError("the streaming ONNX exporter quantizes round-to-nearest; algorithm=k_quant needs the "
                              "builder", hint="add [[set]] onnx-int4-cpu.exporter=ort-builder, or drop algorithm")
-        if settings.embedding == "int4" and ModelShape.of(source.config).hidden_size % settings.block_size:
-            raise UsageError(f"an int4 embedding table needs hidden_size divisible by block_size {settings.block_size}")
+        if settings.embedding == "int4" and ModelShape.of(source.config).hidden_size % 16:
+            raise UsageError("an int4 embedding table needs a hidden size divisible by 16",
+                             hint="use [[set]] onnx-int4-cpu.embedding=float16")
         return None
 
     def estimate_output_bytes(self, source: SourceModel, settings: OnnxSettings) -> int:
@@ -71,7 +71,8 @@ class OnnxExporter:
         plan = decoder_plan(config, io_dtype=io_dtype, bits=4 if settings.precision == "int4" else 8,
                             block_size=settings.block_size, symmetric=settings.symmetric,
                             accuracy_level=settings.accuracy_level, quantize_lm_head=settings.quantize_lm_head,
-                            embedding=settings.embedding_dtype)
+                            embedding=settings.embedding_dtype,
+                            embedding_block=embedding_block(config, settings.block_size))
         max_total = int(config.get("max_position_embeddings", job.default_total_tokens))
         default_total = min(job.default_total_tokens, max_total)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
@@ -95,7 +96,8 @@ class OnnxExporter:
             raise BuildError(f"{job.fmt.name}: the streaming exporter wrote no weights")
         return ExportResult(
             quantization={"method": "MatMulNBits weight-only (MLAS round-to-nearest)", **asdict(settings),
-                          "embedding": settings.embedding_dtype},
+                          "embedding": settings.embedding_dtype,
+                          **({"embedding_block_size": plan.embedding_block} if settings.embedding_dtype == "int4" else {})},
             max_total_tokens=max_total,
             max_prompt_tokens=max_total - 1,
             kv_cache_bytes_per_token=plan.shape.kv_cache_bytes_per_token(_BYTES[io_dtype]),
@@ -107,6 +109,16 @@ class OnnxExporter:
             packages={name: version_of(name) or "not installed"
                       for name in ("onnx-ir", "onnxruntime", "onnxruntime-genai", "numpy")},
         )
+
+
+def embedding_block(config: dict, block_size: int) -> int:
+    """GatherBlockQuantized needs whole blocks along the hidden size: the recipe's block size where it
+    divides it, else the largest smaller power of two that does (e.g. 64 for a width of 192)."""
+    hidden = ModelShape.of(config).hidden_size
+    size = block_size
+    while size > 16 and hidden % size:
+        size //= 2
+    return size
 
 
 EXPORTER = OnnxExporter()

@@ -22,9 +22,9 @@ class OnnxSettings:
         1 = fp32, 2 = fp16, 3 = bf16, 0 = unset).
     symmetric: int4 (true) or uint4 with zero points (false).
     quantize_lm_head: quantize the output projection too (saves ~90 MB on Phi-3.5-mini).
-    embedding: storage of the embedding table (streaming only): ``auto`` (float16 on both variants),
-        ``float32`` (as the builder does on CPU: 394 MB at 3.8B), ``float16`` or ``int4``
-        (GatherBlockQuantized, block_size, symmetric).
+    embedding: storage of the embedding table (streaming only; the builder keeps it in the I/O dtype):
+        ``auto`` (float16), ``float32`` (as the builder does on CPU: 394 MB at 3.8B), ``float16`` or ``int4``
+        (GatherBlockQuantized, block_size, always symmetric; the recipe's CPU default: 3.8B under 2.2 GB).
     execution_provider: what the graph is built for: cpu (fp32 I/O) or cuda (fp16 I/O, Jetson).
     """
 
