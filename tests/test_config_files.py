@@ -88,7 +88,7 @@ def test_good_target_file_loads(tmp_path: Path):
 def test_bad_recipe_file_names_file_and_key(tmp_path: Path):
     shipped = Path(all_recipes()["phi-3.5-mini-instruct"].source_file).read_text()
     cases = {
-        "block_size = 32": ("block_size = 33", "formats.onnx-int4-cpu.block_size"),
+        "block_size = 128": ("block_size = 33", "formats.onnx-int4-cpu.block_size"),
         "accuracy_level = 4": ("accuracy_level = 4\nmystery = 1", "formats.onnx-int4-cpu.mystery"),
         "[formats.onnx-int4-cpu]": ("[formats.onnx-int9-cpu]", "formats.onnx-int9-cpu"),
     }
@@ -102,8 +102,8 @@ def test_bad_recipe_file_names_file_and_key(tmp_path: Path):
 
 def test_overrides_are_typed():
     recipe = all_recipes()["phi-3.5-mini-instruct"]
-    changed = apply_overrides(recipe, ["onnx-int4-cpu.block_size=128", "accuracy_level=1"], ["onnx-int4-cpu"])
-    assert changed.formats["onnx-int4-cpu"].block_size == 128
+    changed = apply_overrides(recipe, ["onnx-int4-cpu.block_size=64", "accuracy_level=1"], ["onnx-int4-cpu"])
+    assert changed.formats["onnx-int4-cpu"].block_size == 64
     assert changed.formats["onnx-int4-cpu"].accuracy_level == 1
     assert changed.formats["onnx-int4-cuda"].accuracy_level == 4  # not being built: untouched
     for bad in ["block_size=big", "block_size=48", "onnx-int4-cpu.nope=1", "symmetric=maybe", "novalue"]:
