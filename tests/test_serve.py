@@ -18,6 +18,9 @@ import pytest
 API_KEY = "test-key-123"
 MODEL = "phi3-docs-21m"
 ASK = [{"role": "user", "content": "What does `os.path.join(path, *paths)` do?"}]
+# The demo model answers this one for thousands of tokens (it never reaches <|end|> within 3000): a generation
+# that is still running when the client goes away, whatever the quantization.
+LONG = [{"role": "user", "content": "Write a very long list of every Python module you know, one per line, with examples."}]
 
 
 def _free_port() -> int:
@@ -163,7 +166,7 @@ def test_errors(server, client):
 def test_disconnect_cancels_generation(server):
     before = server.health()["cancelled"]
     sock = socket.create_connection(("127.0.0.1", server.port))
-    body = json.dumps({"model": MODEL, "messages": ASK, "max_tokens": 3000, "stream": True,
+    body = json.dumps({"model": MODEL, "messages": LONG, "max_tokens": 3000, "stream": True,
                        "stop": ["never-appears-xyz"]}).encode()
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
