@@ -27,6 +27,11 @@ _STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 SUPPORTED_DTYPES = tuple(_STORED)
 
 
+def _widen(raw: np.ndarray) -> np.ndarray:
+    """Stored values as fp32 (bf16, kept as uint16 bits, is widened exactly by a 16-bit shift)."""
+    return (raw.astype(np.uint32) << 16).view(np.float32) if raw.dtype == np.uint16 else raw.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     file: Path
@@ -102,12 +107,7 @@ class CheckpointTensors:
             raise BuildError(f"{entry.file.name}: tensor '{name}' has {entry.end - entry.start} bytes, its shape "
                              f"{list(entry.shape)} needs {count * np.dtype(stored).itemsize}",
                              hint="the checkpoint is corrupt; download it again")
-        raw = self._read(entry, stored, count)
-        if stored is np.uint16:
-            values = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            values = raw.astype(np.float32)
-        values = values.reshape(entry.shape)
+        values = _widen(self._read(entry, stored, count)).reshape(entry.shape)
         if not np.isfinite(values).all():
             raise BuildError(f"{entry.file.name}: tensor '{name}' holds NaN or infinite values",
                              hint="the checkpoint is corrupt; download it again")
@@ -122,8 +122,7 @@ class CheckpointTensors:
             raise BuildError(f"tensor '{name}' is not a 2-D table")
         width = entry.shape[1] * np.dtype(stored).itemsize
         picked = [self._read(entry, stored, entry.shape[1], int(row) * width) for row in np.asarray(rows).reshape(-1)]
-        raw = np.stack(picked) if picked else np.zeros((0, entry.shape[1]), dtype=stored)
-        return (raw.astype(np.uint32) << 16).view(np.float32) if stored is np.uint16 else raw.astype(np.float32)
+        return _widen(np.stack(picked) if picked else np.zeros((0, entry.shape[1]), dtype=stored))
 
     def _entry(self, name: str) -> TensorEntry:
         entry = self.entries.get(name)

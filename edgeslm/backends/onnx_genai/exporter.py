@@ -76,16 +76,15 @@ class OnnxExporter:
         max_total = int(config.get("max_position_embeddings", job.default_total_tokens))
         default_total = min(job.default_total_tokens, max_total)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
-        tensor_count = 3 + 6 * plan.shape.layers + 8 * plan.shape.layers  # a rough total for the bar
         started = time.perf_counter()
-        with progress.task(f"{job.fmt.name}: stream, quantize and write tensors", total=tensor_count) as advance, \
+        with progress.task(f"{job.fmt.name}: stream, quantize and write tensors", total=1.0) as advance, \
                 converter_errors(job.fmt.name, "the streaming ONNX exporter", log_path), \
                 open(log_path, "w", encoding="utf-8") as log:
             log.write(f"streaming export of {job.source.path} with {settings}\n")
 
-            def written(name: str, done: int, total: int) -> None:
+            def written(name: str, done: int, total: int) -> None:  # the bar counts fractions of the tensors
                 log.write(f"{time.perf_counter() - started:8.1f}s {done:5d}/{total} {name}\n")
-                advance(1)
+                advance(1 / total)
 
             stream_decoder(job.source.path, job.out_dir, plan, on_tensor=written)
             write_genai_files(job.source.path, job.out_dir, config, default_total,
