@@ -45,6 +45,7 @@ class ExportResult:
     runtime_overhead_bytes: int
     details: dict[str, Any] = field(default_factory=dict)
     packages: dict[str, str] = field(default_factory=dict)  # versions of the packages used
+    vision: Any = None  # bundle.manifest.VisionInfo for an artifact that takes images (accuracy filled later)
 
 
 class Exporter(Protocol):

@@ -249,6 +249,7 @@ def _artifact_entry(spec: FormatSpec, result: ExportResult, files: tuple[FileEnt
         files=files,
         quality=quality,
         details=result.details,
+        vision=result.vision,
     )
 
 

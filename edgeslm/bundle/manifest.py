@@ -17,8 +17,9 @@ from ..errors import BundleError, ConfigError
 from ..json_files import read_json
 
 SCHEMA = "edgeslm-bundle"
-SCHEMA_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)  # 2 added Quality's KL/limit fields and Manifest.warnings (all optional)
+SCHEMA_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)  # 2 added Quality's KL/limit fields and Manifest.warnings (all optional);
+# 3 added Artifact.vision (artifacts that take images)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -99,6 +100,37 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class VisionAccuracy:
+    """Answer accuracy on an image-question set: the artifact against the fp32 torch reference."""
+
+    dataset: str  # e.g. "edgeslm:vision-dev" (the built-in set) or a folder name
+    questions: int
+    source: float  # fraction right, fp32 torch reference
+    artifact: float
+    max_drop: float  # the limit the build checked (fraction, e.g. 0.05 = 5 points)
+    within_limit: bool = True
+    by_type: dict[str, float] = field(default_factory=dict)  # the artifact's accuracy per question type
+    feature_cosine_min: float | None = None  # vision part vs the torch reference, over the set's images
+    feature_max_abs_error: float | None = None
+
+
+@dataclass(frozen=True)
+class VisionInfo:
+    """An artifact that takes images (Phi-3.5-vision): how they are cut and what they cost."""
+
+    num_crops: int  # most 336-px crops per image the runtime cuts (the processor's HD rule)
+    tokens_per_crop: int  # 144
+    tokens_per_image: dict[str, int]  # most image tokens one image costs, by num_crops ("1", "4", ...)
+    tokens_by_grid: dict[str, int]  # image tokens by crop grid "HxW" reachable at num_crops
+    vision_weight_bytes: int  # the vision part's files
+    vision_runtime_bytes: int  # the vision part's activations for one image at num_crops (estimated)
+    precision: str  # CLIP's linear layers: int8 | int4 | float32
+    preprocessing: str = "edgeslm.vision.phi3v_processor"
+    max_image_pixels: int = 40_000_000
+    accuracy: VisionAccuracy | None = None
+
+
+@dataclass(frozen=True)
 class Artifact:
     id: str
     format: str
@@ -112,6 +144,7 @@ class Artifact:
     files: tuple[FileEntry, ...]
     quality: Quality | None = None
     details: dict[str, Any] = field(default_factory=dict)  # format-specific facts
+    vision: VisionInfo | None = None  # set when the artifact takes images
 
 
 @dataclass(frozen=True)

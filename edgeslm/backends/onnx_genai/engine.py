@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ...bundle.manifest import Manifest
     from ...runtime.host_probe import HostProfile
     from ...runtime.selection import Candidate
+    from ...vision.phi3v_processor import ProcessedImages
 
 
 class OnnxGenaiEngine:
@@ -33,8 +34,12 @@ class OnnxGenaiEngine:
         config.clear_providers()
         if device == "gpu":
             config.append_provider("cuda")
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1}}}}))
+        config_text = (artifact_dir / "genai_config.json").read_text(encoding="utf-8") \
+            if (artifact_dir / "genai_config.json").is_file() else "{}"
+        self.takes_images = json.loads(config_text).get("model", {}).get("type") == "phi3v"
+        threading = {"session_options": {"intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1}}
+        parts = ("decoder", "vision", "embedding") if self.takes_images else ("decoder",)
+        config.overlay(json.dumps({"model": {part: threading for part in parts}}))
         try:
             self.model = og.Model(config)
         except Exception as exc:  # onnxruntime raises plain RuntimeErrors
@@ -47,7 +52,10 @@ class OnnxGenaiEngine:
     def text_decoder(self) -> Callable[[int], str]:
         return self.tokenizer.create_stream().decode
 
-    def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int) -> Iterator[int]:
+    def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int,
+                 images: ProcessedImages | None = None) -> Iterator[int]:
+        """``images``: preprocessed images for a ``phi3v`` artifact; ``prompt_ids`` then hold each image's
+        placeholder ids (-N for image N), which the embedding part replaces with its features."""
         og = self._og
         params = og.GeneratorParams(self.model)
         search: dict = {"max_length": max_total_tokens, "do_sample": not options.greedy}
@@ -59,12 +67,27 @@ class OnnxGenaiEngine:
         params.set_search_options(**search)
         generator = og.Generator(self.model, params)
         try:
-            generator.append_tokens(prompt_ids)
+            if self.takes_images:
+                generator.set_inputs(self._named_inputs(prompt_ids, images))
+            else:
+                generator.append_tokens(prompt_ids)
             while not generator.is_done():
                 generator.generate_next_token()
                 yield int(generator.get_next_tokens()[0])
         finally:
             del generator  # frees the KV cache at once, also when the caller stops early
+
+    def _named_inputs(self, prompt_ids: list[int], images: ProcessedImages | None):
+        """What onnxruntime-genai's phi3v processor would hand the generator (its names and dtypes)."""
+        import numpy as np
+
+        named = self._og.NamedTensors()
+        named["input_ids"] = np.asarray([prompt_ids], dtype=np.int32)
+        if images is not None and images.count:
+            named["pixel_values"] = np.ascontiguousarray(images.pixel_values, dtype=np.float32)
+            named["image_sizes"] = np.ascontiguousarray(images.image_sizes, dtype=np.int64)
+            named["num_image_tokens"] = np.asarray(images.num_img_tokens, dtype=np.int64)
+        return named
 
     def close(self) -> None:
         self.tokenizer = None

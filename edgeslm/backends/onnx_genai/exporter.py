@@ -34,13 +34,21 @@ class OnnxExporter:
 
     def check_settings(self, settings: OnnxSettings, source: SourceModel) -> None:
         if settings.exporter == "ort-builder":
+            from .phi3v_export import is_vision_checkpoint
+
+            if is_vision_checkpoint(source.config):
+                raise UsageError("onnxruntime-genai's builder exports Phi-3.5-vision's text decoder only",
+                                 hint="drop exporter=ort-builder: edgeslm's streaming exporter builds all three parts")
             self.builder.check_available()
             # embedding applies to the streaming exporter only: the builder keeps the table in the I/O dtype,
             # and its manifest entry says so
             return self.builder.check_settings(settings, source)
+        from .phi3v_export import check_vision_tensors, is_vision_checkpoint
         from .streaming_export import check_checkpoint
 
         check_checkpoint(source.path, source.config)
+        if is_vision_checkpoint(source.config):
+            check_vision_tensors(source.path, source.config)
         if settings.algorithm == "k_quant":
             raise UsageError("the streaming ONNX exporter quantizes round-to-nearest; algorithm=k_quant needs the "
                              "builder", hint="add [[set]] onnx-int4-cpu.exporter=ort-builder, or drop algorithm")
@@ -64,11 +72,14 @@ class OnnxExporter:
             return self.builder.export(job, progress)
         self.check_available()
         from .genai_files import write_genai_files
+        from .phi3v_export import EMBEDDING_FILE, TEXT_FILE, VISION_FILE, export_vision_parts, is_vision_checkpoint
         from .streaming_export import decoder_plan, stream_decoder
 
         config = job.source.config
+        takes_images = is_vision_checkpoint(config)
         io_dtype = "float16" if settings.execution_provider == "cuda" else "float32"
         plan = decoder_plan(config, io_dtype=io_dtype, bits=4 if settings.precision == "int4" else 8,
+                            inputs_embeds=takes_images,
                             block_size=settings.block_size, symmetric=settings.symmetric,
                             accuracy_level=settings.accuracy_level, quantize_lm_head=settings.quantize_lm_head,
                             embedding=settings.embedding_dtype,
@@ -86,11 +97,20 @@ class OnnxExporter:
                 log.write(f"{time.perf_counter() - started:8.1f}s {done:5d}/{total} {name}\n")
                 advance(1 / total)
 
-            stream_decoder(job.source.path, job.out_dir, plan, on_tensor=written)
+            parts = None
+            if takes_images:
+                stream_decoder(job.source.path, job.out_dir, plan, on_tensor=written, filename=TEXT_FILE)
+                parts = export_vision_parts(job.source.path, job.out_dir, config, precision=settings.vision_precision,
+                                            io_dtype=io_dtype, table=settings.embedding_dtype,
+                                            table_block=plan.embedding_block)
+                log.write(f"vision part {parts.vision_bytes} bytes, embedding part {parts.embedding_bytes} bytes\n")
+            else:
+                stream_decoder(job.source.path, job.out_dir, plan, on_tensor=written)
             write_genai_files(job.source.path, job.out_dir, config, default_total,
-                              provider=settings.execution_provider)
+                              provider=settings.execution_provider, filename=TEXT_FILE if takes_images else "model.onnx",
+                              vision=(VISION_FILE, EMBEDDING_FILE, settings.num_crops) if takes_images else None)
             log.write(f"done in {time.perf_counter() - started:.1f}s\n")
-        weight_bytes = sum(p.stat().st_size for p in job.out_dir.glob("model.onnx*"))
+        weight_bytes = sum(p.stat().st_size for p in job.out_dir.glob("*.onnx*"))
         if weight_bytes == 0:
             raise BuildError(f"{job.fmt.name}: the streaming exporter wrote no weights")
         return ExportResult(
@@ -107,7 +127,26 @@ class OnnxExporter:
                      "exporter": "edgeslm streaming (onnx_ir)"},
             packages={name: version_of(name) or "not installed"
                       for name in ("onnx-ir", "onnxruntime", "onnxruntime-genai", "numpy")},
+            vision=vision_info(parts, settings) if parts else None,
         )
+
+
+def vision_info(parts, settings: OnnxSettings):
+    """The manifest's image facts: crop budget, tokens per image, the vision part's size and activations."""
+    from ...bundle.manifest import VisionInfo
+    from ...vision.phi3v_processor import tokens_per_crop_grid
+
+    plan = parts.plan
+    crops = settings.num_crops + 1
+    positions = plan.grid ** 2 + 1
+    # the widest activations: every crop's CLIP MLP (fp32) plus its attention scores, and the input pixels
+    activations = 4 * crops * positions * (2 * plan.clip_intermediate + plan.clip_heads * positions + 4 * plan.clip_hidden)
+    return VisionInfo(
+        num_crops=settings.num_crops, tokens_per_crop=plan.tokens_per_crop,
+        tokens_per_image={str(n): max(tokens_per_crop_grid(n).values()) for n in (1, 2, 4, 8, 16)},
+        tokens_by_grid=tokens_per_crop_grid(settings.num_crops),
+        vision_weight_bytes=parts.vision_bytes, vision_runtime_bytes=int(activations + 4 * crops * 3 * 336 * 336),
+        precision=settings.vision_precision)
 
 
 def embedding_block(config: dict, block_size: int) -> int:

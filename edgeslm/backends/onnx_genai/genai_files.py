@@ -83,13 +83,47 @@ def genai_config(source_dir: Path, config: dict[str, Any], max_length: int, *, i
     }
 
 
+def multimodal_parts(document: dict[str, Any], *, vision: str, embedding: str, session_options: dict) -> None:
+    """Turn a decoder's genai_config into a ``phi3v`` one: the vision and embedding parts beside it."""
+    model = document["model"]
+    model["type"] = "phi3v"
+    model["vision"] = {"filename": vision, "config_filename": PROCESSOR_CONFIG, "session_options": session_options,
+                       "inputs": {"pixel_values": "pixel_values", "image_sizes": "image_sizes"},
+                       "outputs": {"image_features": "image_features"}}
+    model["embedding"] = {"filename": embedding, "session_options": session_options,
+                          "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+                          "outputs": {"inputs_embeds": "inputs_embeds"}}
+
+
+def processor_config(num_crops: int) -> dict[str, Any]:
+    """onnxruntime-extensions' Phi-3-vision image pipeline, for users of onnxruntime-genai's own processor
+    (edgeslm's runtime preprocesses with ``edgeslm.vision`` and feeds the tensors itself)."""
+    return {"processor": {"name": "image_processing", "transforms": [
+        {"operation": {"name": "decode_image", "domain": "com.microsoft.extensions", "type": "DecodeImage",
+                       "attrs": {"color_space": "BGR"}}},
+        {"operation": {"name": "convert_to_rgb", "domain": "com.microsoft.extensions", "type": "ConvertRGB"}},
+        {"operation": {"name": "phi3_image_transform", "domain": "com.microsoft.extensions",
+                       "type": "Phi3ImageTransform", "attrs": {"num_crops": num_crops, "num_img_tokens": 144}}}]}}
+
+
+PROCESSOR_CONFIG = "processor_config.json"
+
+
 def write_genai_files(source_dir: Path, out_dir: Path, config: dict[str, Any], max_length: int, *,
-                      inputs_embeds: bool = False, provider: str = "cpu") -> None:
+                      inputs_embeds: bool = False, provider: str = "cpu", filename: str = "model.onnx",
+                      vision: tuple[str, str, int] | None = None) -> None:
+    """``vision`` = (vision file, embedding file, num_crops) makes a ``phi3v`` config and processor config."""
     if not (source_dir / "tokenizer.json").is_file():
         raise BuildError(f"{source_dir} has no tokenizer.json, which onnxruntime-genai needs",
                          hint="save the tokenizer with a recent transformers (tokenizer.save_pretrained) first")
     for name in TOKENIZER_FILES:
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, out_dir / name)
-    document = genai_config(source_dir, config, max_length, inputs_embeds=inputs_embeds, provider=provider)
+    document = genai_config(source_dir, config, max_length, inputs_embeds=inputs_embeds or vision is not None,
+                            provider=provider, filename=filename)
+    if vision is not None:
+        session = dict(document["model"]["decoder"]["session_options"])
+        multimodal_parts(document, vision=vision[0], embedding=vision[1], session_options=session)
+        (out_dir / PROCESSOR_CONFIG).write_text(json.dumps(processor_config(vision[2]), indent=4) + "\n",
+                                                encoding="utf-8")
     (out_dir / "genai_config.json").write_text(json.dumps(document, indent=4) + "\n", encoding="utf-8")

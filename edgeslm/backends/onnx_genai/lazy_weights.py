@@ -59,6 +59,12 @@ class LazyWeights:
         return self._lazy(onnx_name, lambda: self.tensors.fp32(name).astype(dtype), np.dtype(dtype),
                           self.tensors.shape(name))
 
+    def array(self, name: str, onnx_name: str, shape: tuple[int, ...] | None = None) -> ir.LazyTensor:
+        """A float tensor as stored (a conv kernel, a position table), optionally reshaped."""
+        shape = tuple(shape or self.tensors.shape(name))
+        return self._lazy(onnx_name, lambda: self.tensors.fp32(name).reshape(shape).astype(self.float_dtype),
+                          self.float_dtype, shape)
+
     def dense(self, name: str, onnx_name: str, rows: slice | None = None) -> ir.LazyTensor:
         """An unquantized MatMul weight: the transposed [K, N] float matrix."""
         n, k = self._rows_shape(name, rows)

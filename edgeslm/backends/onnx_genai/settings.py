@@ -26,6 +26,9 @@ class OnnxSettings:
         ``auto`` (float16), ``float32`` (as the builder does on CPU: 394 MB at 3.8B), ``float16`` or ``int4``
         (GatherBlockQuantized, block_size, always symmetric; the recipe's CPU default: 3.8B under 2.2 GB).
     execution_provider: what the graph is built for: cpu (fp32 I/O) or cuda (fp16 I/O, Jetson).
+    num_crops: Phi-3.5-vision only: the most 336-px crops an image is cut into (1..16; the checkpoint's 4).
+        Fewer crops cost detail but fewer image tokens: a 2x2 image is 757 tokens at 4 crops, 313 at 1.
+    vision_precision: Phi-3.5-vision only: CLIP's linear layers as int8 or int4 MatMulNBits, or float32.
     """
 
     exporter: Literal["streaming", "ort-builder"] = "streaming"
@@ -37,6 +40,12 @@ class OnnxSettings:
     quantize_lm_head: bool = True
     embedding: Literal["auto", "float32", "float16", "int4"] = "auto"
     execution_provider: Literal["cpu", "cuda"] = "cpu"
+    num_crops: int = 4
+    vision_precision: Literal["int8", "int4", "float32"] = "int8"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_crops <= 16:
+            raise ValueError(f"num_crops must be between 1 and 16, got {self.num_crops}")
 
     @property
     def embedding_dtype(self) -> str:

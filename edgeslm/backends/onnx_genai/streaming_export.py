@@ -25,7 +25,8 @@ from .decoder_graph import DecoderPlan, build_decoder, needed_tensors
 from .lazy_weights import LazyWeights
 from .rotary_caches import RotaryPlan
 
-ARCHITECTURES = ("Phi3ForCausalLM",)
+ARCHITECTURES = ("Phi3ForCausalLM", "Phi3VForCausalLM")
+_MODEL_TYPES = {"Phi3ForCausalLM": ("phi3", None), "Phi3VForCausalLM": ("phi3_v",)}
 WRITER_THREADS = 2  # quantize two weights at once; ~0.5 GB in flight at full size
 
 
@@ -39,7 +40,7 @@ class StreamedDecoder:
 def check_architecture(config: dict[str, Any]) -> None:
     """Refuse, before any work, checkpoints whose graph this exporter does not build."""
     archs = config.get("architectures") or []
-    if not archs or archs[0] not in ARCHITECTURES or config.get("model_type") not in ("phi3", None):
+    if not archs or archs[0] not in ARCHITECTURES or config.get("model_type") not in _MODEL_TYPES[archs[0]]:
         raise BuildError(f"the streaming ONNX exporter builds {', '.join(ARCHITECTURES)}; this checkpoint is "
                          f"{archs[0] if archs else 'of unknown architecture'}",
                          hint="use [[set]] onnx-int4-cpu.exporter=ort-builder for other architectures")
@@ -72,14 +73,25 @@ def stream_decoder(source_dir: Path, out_dir: Path, plan: DecoderPlan, *,
                    on_tensor: Callable[[str, int, int], None] | None = None,
                    filename: str = "model.onnx") -> StreamedDecoder:
     """Export ``plan``'s decoder (or segment) from ``source_dir`` into ``out_dir``/``filename``(.data)."""
-    import onnx_ir as ir
-
     tensors = CheckpointTensors(source_dir)
     layers = plan.layer_range
     embed = not (plan.inputs_embeds or plan.first_layer > 0)
     tensors.check(needed_tensors(plan.shape, layers, embed, not plan.hidden_output))
     weights = LazyWeights(tensors, np.float32 if plan.io_dtype == "float32" else np.float16)
-    model = build_decoder(plan, weights)
+    try:
+        written = write_model(build_decoder(plan, weights), out_dir, filename, on_tensor)
+    finally:
+        tensors.close()
+    model_path = out_dir / filename
+    return StreamedDecoder(model_path, out_dir / f"{filename}.data", written)
+
+
+def write_model(model, out_dir: Path, filename: str,
+                on_tensor: Callable[[str, int, int], None] | None = None) -> int:
+    """Save a model of lazy initializers as ``filename`` + ``filename.data``, each tensor computed as the
+    writer reaches it; returns the number of tensors written."""
+    import onnx_ir as ir
+
     total = len(model.graph.initializers)
     written = 0
 
@@ -90,9 +102,8 @@ def stream_decoder(source_dir: Path, out_dir: Path, plan: DecoderPlan, *,
             on_tensor(str(tensor.name), written, total)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / filename
     try:
-        ir.save(model, model_path, external_data=f"{filename}.data", callback=progress,
+        ir.save(model, out_dir / filename, external_data=f"{filename}.data", callback=progress,
                 max_workers=WRITER_THREADS, max_in_flight_bytes=512 * 2**20)
     except OSError as exc:
         # a short write ("N requested and M written") carries no errno: look at the disk
@@ -100,6 +111,4 @@ def stream_decoder(source_dir: Path, out_dir: Path, plan: DecoderPlan, *,
             raise DiskSpaceError(f"out of disk space while writing {out_dir.name}/{filename}.data",
                                  hint="free some space or pass [[out]] on a larger disk") from None
         raise
-    finally:
-        tensors.close()
-    return StreamedDecoder(model_path, out_dir / f"{filename}.data", written)
+    return written
