@@ -36,6 +36,7 @@ class QualityRequest:
     window_tokens: int | None = None
     allow_loss: bool = False
     skip: bool = False  # --no-eval
+    vision_eval: Path | None = None  # image-question folder for vision models (None: the built-in vision-dev)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ previous bundle untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -44,6 +45,7 @@ from ..config.targets import Target, resolve_target
 from ..errors import BuildError, DiskSpaceError, EdgeslmError, ModelSourceError, OutputExistsError, UsageError
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
+from ..registry import backend_of
 from ..registry import formats as registered_formats
 from .build_folders import BuildFolders, remove_stale
 from .exporter import ExportJob, ExportResult, get_exporter
@@ -51,6 +53,7 @@ from .measured_quality import EvaluationPlan, QualityRequest, SourceReference, s
 from .model_identity import chat_info, model_info
 from .source import SourceModel, locate, read_config, scan_weights
 from .text_windows import BuildText, calibration_text, evaluation_text
+from .vision_quality import VisionEvalPlan, VisionReference, score_vision, vision_eval_plan
 
 DEFAULT_MODEL = "microsoft/Phi-3.5-mini-instruct"
 
@@ -121,6 +124,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
     for spec in formats:
         exporters[spec.name].check_settings(settings[spec.name], source)
     plan = _evaluation_plan(request.quality, recipe, source)
+    vision_plan = _vision_plan(request.quality, recipe, source)
     calibration = _calibration(request, plan)
     needed = sum(exporters[s.name].estimate_output_bytes(source, settings[s.name]) for s in formats)
     _check_free_space(out.parent, int(needed * 1.1))
@@ -130,7 +134,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
     folders = BuildFolders(out)
     try:
         manifest = _build_into(folders.staging, folders.work, source, recipe, targets, formats, exporters,
-                               settings, plan, calibration, progress, started)
+                               settings, plan, calibration, progress, started, vision_plan)
         with progress.task("Verifying the bundle") as advance:
             verify_bundle(folders.staging, progress=advance).raise_for_problems()
         _move_into_place(folders.staging, out, request.force)
@@ -161,6 +165,16 @@ def _evaluation_plan(request: QualityRequest, recipe: Recipe, source: SourceMode
                           recipe.quality.max_perplexity_increase, request.allow_loss)
 
 
+def _vision_plan(request: QualityRequest, recipe: Recipe, source: SourceModel) -> VisionEvalPlan | None:
+    """The image questions a vision model's artifacts answer (loaded now, so a bad set fails at once)."""
+    if request.skip or "Phi3VForCausalLM" not in (source.config.get("architectures") or []):
+        if request.vision_eval and not request.skip:
+            raise UsageError(f"[[vision_eval]] applies to models that take images; {source.name} is text-only")
+        return None
+    return vision_eval_plan(request.vision_eval, recipe.quality.vision_questions, recipe.quality.max_accuracy_drop,
+                            request.allow_loss)
+
+
 def _calibration(request: BuildRequest, plan: EvaluationPlan | None) -> BuildText:
     if request.calibration_text is not None and not Path(request.calibration_text).is_file():
         raise UsageError(f"calibration text {request.calibration_text} does not exist")
@@ -171,11 +185,13 @@ def _calibration(request: BuildRequest, plan: EvaluationPlan | None) -> BuildTex
 
 def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, targets: list[Target],
                 formats: list[FormatSpec], exporters: dict, settings: dict, plan: EvaluationPlan | None,
-                calibration: BuildText, progress: Progress, started: float) -> Manifest:
+                calibration: BuildText, progress: Progress, started: float,
+                vision_plan: VisionEvalPlan | None = None) -> Manifest:
     chat = chat_info(source.path, recipe.stop_tokens)
     packages: dict[str, str] = {}
     artifacts = []
     reference = None
+    vision_refs: dict[int, VisionReference] = {}  # by num_crops
     if plan:
         with progress.task(f"Source reference (fp32, layer by layer) on {len(plan.windows)}×{plan.window_tokens} "
                            f"tokens of {plan.text.label}"):
@@ -193,6 +209,16 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
         if plan and reference:
             with progress.task(f"{spec.name}: perplexity and KL against the source"):
                 quality = score_artifact(plan, reference, spec, art_dir)
+        if vision_plan and result.vision is not None:
+            crops = result.vision.num_crops
+            if crops not in vision_refs:
+                with progress.task(f"Vision reference (fp32 torch) on {len(vision_plan.questions)} questions of "
+                                   f"{vision_plan.label}"):
+                    vision_refs[crops] = VisionReference.compute(source.path, vision_plan, crops)
+            with progress.task(f"{spec.name}: image-question accuracy and features against the reference"):
+                accuracy = score_vision(vision_plan, vision_refs[crops], source.path, backend_of(spec).scorer(),
+                                        art_dir, spec.name)
+            result = dataclasses.replace(result, vision=dataclasses.replace(result.vision, accuracy=accuracy))
         files = _hash_tree(staging, art_dir, progress, f"{spec.name}: checksums")
         artifacts.append(_artifact_entry(spec, result, files, default_total, quality))
     target_map = {t.name: TargetEntry(tuple(t.formats), t.planning.default_context_length,
@@ -224,9 +250,14 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
 def _warnings(plan: EvaluationPlan | None, artifacts: list[Artifact]) -> tuple[str, ...]:
     if plan is None:
         return ("quality not measured: built with --no-eval; no artifact was checked against its source",)
-    return tuple(f"{a.id}: perplexity {a.quality.relative_change:+.2%} against the source is over the recipe's "
-                 f"limit of +{a.quality.max_relative_change:.0%}; kept with --allow-quality-loss"
-                 for a in artifacts if a.quality and a.quality.allowed_loss)
+    text = [f"{a.id}: perplexity {a.quality.relative_change:+.2%} against the source is over the recipe's "
+            f"limit of +{a.quality.max_relative_change:.0%}; kept with --allow-quality-loss"
+            for a in artifacts if a.quality and a.quality.allowed_loss]
+    images = [f"{a.id}: image-question accuracy {a.vision.accuracy.artifact:.1%} is more than "
+              f"{a.vision.accuracy.max_drop:.0%} below the reference's {a.vision.accuracy.source:.1%}; kept with "
+              f"--allow-quality-loss" for a in artifacts
+              if a.vision and a.vision.accuracy and not a.vision.accuracy.within_limit]
+    return tuple(text + images)
 
 
 def _artifact_entry(spec: FormatSpec, result: ExportResult, files: tuple[FileEntry, ...], default_total: int,

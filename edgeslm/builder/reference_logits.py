@@ -52,8 +52,10 @@ def reference_logits(model_dir: Path, config: dict, windows: list[list[int]]) ->
 
 def _check_architecture(config: dict[str, Any]) -> None:
     archs = config.get("architectures") or []
-    if not (archs == ["Phi3ForCausalLM"] if archs else config.get("model_type") == "phi3"):
-        raise ValueError(f"the fp32 reference supports Phi3ForCausalLM only, not {archs or config.get('model_type')}")
+    # a Phi-3.5-vision checkpoint's text decoder is a Phi-3 one with the same tensor names
+    if not (archs in (["Phi3ForCausalLM"], ["Phi3VForCausalLM"]) if archs else config.get("model_type") == "phi3"):
+        raise ValueError(f"the fp32 reference supports Phi3ForCausalLM (and Phi-3.5-vision's text decoder) only, "
+                         f"not {archs or config.get('model_type')}")
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {config['hidden_act']!r} (Phi-3 uses silu)")
     rotary = {float(config.get("partial_rotary_factor", 1.0)), float(_rope_params(config).get("partial_rotary_factor", 1.0))}

@@ -51,6 +51,8 @@ def _backend_overrides(values: dict) -> tuple[str, ...]:
               help="Evaluation windows [default: the recipe's, 4].")
 @click.option("--eval-window-tokens", type=click.IntRange(16, 8192), default=None,
               help="Tokens per evaluation window [default: the recipe's, 512].")
+@click.option("--vision-eval", type=click.Path(path_type=Path), default=None,
+              help="Image-question folder (questions.jsonl + images) for vision models [default: edgeslm:vision-dev].")
 @click.option("--no-eval", is_flag=True, help="Skip the quality measurement (the manifest says so).")
 @click.option("--allow-quality-loss", is_flag=True,
               help="Keep artifacts whose perplexity is over the recipe's limit (the manifest records it).")
@@ -60,7 +62,7 @@ def _backend_overrides(values: dict) -> tuple[str, ...]:
 @backend_build_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          no_eval, allow_quality_loss, calibration_text, as_json, **backend_options) -> None:
+          vision_eval, no_eval, allow_quality_loss, calibration_text, as_json, **backend_options) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
     from ..builder.measured_quality import QualityRequest
     from ..builder.pipeline import BuildRequest, build_bundle
@@ -70,7 +72,9 @@ def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_w
     if no_eval and (eval_text or eval_windows or eval_window_tokens):
         raise click.UsageError("--no-eval cannot be combined with --eval-text/--eval-windows/--eval-window-tokens")
     terminate_as_interrupt()
-    quality = QualityRequest(eval_text, eval_windows, eval_window_tokens, allow_quality_loss, no_eval)
+    if no_eval and vision_eval:
+        raise click.UsageError("--no-eval cannot be combined with --vision-eval")
+    quality = QualityRequest(eval_text, eval_windows, eval_window_tokens, allow_quality_loss, no_eval, vision_eval)
     overrides = (*overrides, *_backend_overrides(backend_options))
     request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
                            calibration_text)

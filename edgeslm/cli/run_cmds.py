@@ -16,16 +16,19 @@ from .device_options import apply, generation_kwargs, generation_options, select
 @click.argument("prompt")
 @apply(selection_options)
 @apply(generation_options)
+@click.option("--image", "images", multiple=True, metavar="PATH",
+              help="An image for a vision bundle (repeat for several; they come before the prompt).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of streaming text.")
 def run(bundle, prompt, artifact, device, context, max_new_tokens, temperature, top_p, top_k, seed, system,
-        verify_mode, threads, as_json) -> None:
+        verify_mode, threads, images, as_json) -> None:
     """Answer PROMPT with the artifact that matches this host, streaming to stdout."""
     from ..runtime.loaded_model import load
+    from ..runtime.message_parts import user_message
 
     gen = generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed)
     with load(bundle, artifact=artifact, device=device, context=context, verify=verify_mode,
               threads=threads) as llm:
-        stream = llm.stream([{"role": "user", "content": prompt}], system=system, **gen)
+        stream = llm.stream([user_message(prompt, images)], system=system, **gen)
         for piece in stream:
             if not as_json:
                 sys.stdout.write(piece)
@@ -49,7 +52,8 @@ def run(bundle, prompt, artifact, device, context, max_new_tokens, temperature, 
 @apply(generation_options)
 def chat(bundle, artifact, device, context, max_new_tokens, temperature, top_p, top_k, seed, system,
          verify_mode, threads) -> None:
-    """Chat interactively (multi-turn). Commands: /reset clears the history, /exit or Ctrl-D quits."""
+    """Chat interactively (multi-turn). Commands: /image PATH adds an image to your next message (vision
+    bundles), /reset clears the history, /exit or Ctrl-D quits."""
     from ..runtime.chat_session import run_chat
     from ..runtime.loaded_model import load
     from .option_flags import flag
@@ -57,5 +61,6 @@ def chat(bundle, artifact, device, context, max_new_tokens, temperature, top_p, 
     gen = generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed)
     with load(bundle, artifact=artifact, device=device, context=context, verify=verify_mode,
               threads=threads) as llm:
-        click.echo(f"edgeslm chat: {llm.candidate.summary}. /reset clears, /exit quits.", err=True)
+        images = " /image PATH adds an image," if llm.takes_images else ""
+        click.echo(f"edgeslm chat: {llm.candidate.summary}.{images} /reset clears, /exit quits.", err=True)
         run_chat(llm, sys.stdin, sys.stdout, system=system, interactive=sys.stdin.isatty(), spell=flag, **gen)

@@ -18,15 +18,18 @@ from .device_options import apply, selection_options
               help="Require 'Authorization: Bearer KEY' (or set EDGESLM_API_KEY).")
 @click.option("--max-queue", type=int, default=8, show_default=True,
               help="Requests that may wait while one generates; more get 429.")
-@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--max-body-bytes", type=int, default=None,
+              help="Largest request body [default: 1 MiB; 20 MiB for a bundle that takes images].")
+@click.option("--allow-remote-images", is_flag=True,
+              help="Fetch http(s) image URLs (off by default: only data: URLs are read; no server-side fetching).")
 @click.option("--default-max-tokens", type=int, default=1024, show_default=True,
               help="Answer length when a request sets no max_tokens.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads [default: the host's physical cores].")
 @apply(selection_options)
-def serve(bundle, host, port, api_key, max_queue, max_body_bytes, default_max_tokens, log_level, threads, artifact,
-          device, context) -> None:
+def serve(bundle, host, port, api_key, max_queue, max_body_bytes, allow_remote_images, default_max_tokens, log_level,
+          threads, artifact, device, context) -> None:
     """Serve BUNDLE with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from ..serve.run_server import ServeOptions, serve_bundle
 
@@ -35,4 +38,4 @@ def serve(bundle, host, port, api_key, max_queue, max_body_bytes, default_max_to
         click.echo(f"edgeslm serve: model '{llm.manifest.model.name}' on {url}/v1 (pid {os.getpid()})", err=True)
 
     serve_bundle(bundle, ServeOptions(host, port, api_key, max_queue, max_body_bytes, default_max_tokens, log_level,
-                                      artifact, device, context, threads), on_ready=ready)
+                                      artifact, device, context, threads, allow_remote_images), on_ready=ready)

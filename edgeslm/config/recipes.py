@@ -31,13 +31,20 @@ class QualitySettings:
     max_perplexity_increase: relative perplexity increase over the source that fails the build.
     windows / window_tokens: the evaluation windows (the source reference costs about
         2 x parameters x windows x window_tokens FLOPs in float32).
+    max_accuracy_drop / vision_questions: models that take images also answer an image-question set
+        (``--vision-eval``, else the built-in ``edgeslm:vision-dev``); the build fails when the artifact is
+        more than ``max_accuracy_drop`` below the fp32 torch reference.
     """
 
     max_perplexity_increase: float = 0.05
     windows: int = 4
     window_tokens: int = 512
+    max_accuracy_drop: float = 0.05  # vision models: image-question accuracy below the fp32 reference (0.05 = 5 points)
+    vision_questions: int = 0  # vision models: how many questions of the set to ask (0 = all)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_accuracy_drop <= 1 or self.vision_questions < 0:
+            raise ValueError("max_accuracy_drop must be in [0, 1] and vision_questions >= 0")
         if self.max_perplexity_increase < 0:
             raise ValueError("max_perplexity_increase must be >= 0")
         if self.windows < 1 or self.window_tokens < 16:

@@ -2,6 +2,9 @@
 
     llm = edgeslm.load("demo.bundle")
     result = llm.chat([{"role": "user", "content": "What does os.path.join do?"}], max_new_tokens=128)
+    # a bundle built from Phi-3.5-vision also takes images, as OpenAI-style content parts:
+    llm.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "photo.png"}},
+                                            {"type": "text", "text": "What is in the image?"}]}])
     for piece in llm.stream(messages):
         print(piece, end="")
     llm.close()
@@ -18,9 +21,10 @@ from typing import Any
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.pack import OpenedBundle
 from ..registry import backend_of
-from .chat_template import ChatTemplate, validate_messages
-from .generation import ContextLengthError, GenerationOptions, GenerationResult, Usage
+from .chat_template import ChatTemplate
+from .generation import GenerationOptions, GenerationResult, Usage
 from .host_probe import HostProfile, probe_host
+from .prompt_inputs import PreparedPrompt, check_length, prepare_prompt
 from .selection import Candidate, Selection, rank_artifacts
 from .stop_text import StopScanner
 from .verified_files import verify_before_load
@@ -50,6 +54,8 @@ class LLM:
         self.template = ChatTemplate(manifest.chat)
         self.stop_ids = frozenset(manifest.chat.stop_token_ids)
         self._lock = threading.Lock()  # one generation at a time per engine
+        self.allow_remote_images = False  # http(s) image URLs (the server enables them with a flag)
+        self.allow_image_files = True  # local paths / file:// URLs (the server turns them off)
 
     @property
     def context_tokens(self) -> int:
@@ -59,22 +65,29 @@ class LLM:
     def max_prompt_tokens(self) -> int:
         return self.candidate.context.max_prompt_tokens
 
-    def prompt_ids(self, messages: list[dict[str, str]], system: str | None = None) -> list[int]:
-        messages = validate_messages(messages)
-        if system:
-            messages = [{"role": "system", "content": system}, *[m for m in messages if m["role"] != "system"]]
-        return self.engine.encode(self.template.render(messages))
+    @property
+    def takes_images(self) -> bool:
+        return self.candidate.artifact.vision is not None
 
-    def stream(self, messages: list[dict[str, str]], system: str | None = None, **options: Any) -> Stream:
+    def prepare(self, messages: list[dict[str, Any]], system: str | None = None) -> PreparedPrompt:
+        """Token ids (and preprocessed images) of a conversation, checked against the context envelope.
+        Message content is text or OpenAI-style parts (``text``, ``image_url`` with a ``data:`` URL, a
+        ``file://`` URL or a path, ``image`` with a path or bytes)."""
+        prepared = prepare_prompt(messages, system, self.template, self.engine.encode,
+                                  self.candidate.artifact.vision, model_name=self.manifest.model.name,
+                                  allow_remote_images=self.allow_remote_images, allow_files=self.allow_image_files)
+        check_length(prepared, self.max_prompt_tokens, self.context_tokens, self.candidate.artifact.id)
+        return prepared
+
+    def prompt_ids(self, messages: list[dict[str, Any]], system: str | None = None) -> list[int]:
+        return self.prepare(messages, system).ids
+
+    def stream(self, messages: list[dict[str, Any]], system: str | None = None,
+               prepared: PreparedPrompt | None = None, **options: Any) -> Stream:
         opts = GenerationOptions(**{**options, "stop": tuple(options.get("stop") or ())})
-        ids = self.prompt_ids(messages, system)
-        if len(ids) > self.max_prompt_tokens:
-            raise ContextLengthError(
-                f"the prompt has {len(ids):,} tokens; this host allows {self.max_prompt_tokens:,} "
-                f"(context {self.context_tokens:,} for {self.candidate.artifact.id})",
-                hint="shorten the conversation, /reset the chat, or pass a larger [[context]] if RAM allows")
+        prepared = prepared or self.prepare(messages, system)
         stream = Stream(iter(()))
-        stream._pieces = self._pieces(ids, opts, stream)
+        stream._pieces = self._pieces(prepared, opts, stream)
         return stream
 
     def chat(self, messages: list[dict[str, str]], system: str | None = None, **options: Any) -> GenerationResult:
@@ -84,7 +97,8 @@ class LLM:
         assert stream.result is not None
         return stream.result
 
-    def _pieces(self, ids: list[int], opts: GenerationOptions, stream: Stream) -> Iterator[str]:
+    def _pieces(self, prepared: PreparedPrompt, opts: GenerationOptions, stream: Stream) -> Iterator[str]:
+        ids = prepared.ids
         max_total = min(len(ids) + opts.max_new_tokens, self.context_tokens)
         scanner, decode = StopScanner(opts.stop), self.engine.text_decoder()
         texts: list[str] = []
@@ -92,7 +106,8 @@ class LLM:
         start = time.perf_counter()
         first = last = start
         with self._lock:
-            tokens = self.engine.generate(ids, opts, max_total)
+            tokens = (self.engine.generate(ids, opts, max_total, images=prepared.images) if prepared.images is not None
+                      else self.engine.generate(ids, opts, max_total))
             try:
                 for token in tokens:
                     now = time.perf_counter()

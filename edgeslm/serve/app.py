@@ -100,14 +100,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _open_stream(state: ServerState, chat: ChatRequest) -> Any:
     llm = state.llm
     try:
-        ids = llm.prompt_ids(chat.messages)
-        room = llm.context_tokens - len(ids)
+        prepared = llm.prepare(chat.messages)
+        room = llm.context_tokens - len(prepared.ids)
         max_new = min(chat.max_tokens or state.default_max_tokens, max(room, 1))
-        return llm.stream(chat.messages, max_new_tokens=max_new, **chat.options)
+        return llm.stream(chat.messages, prepared=prepared, max_new_tokens=max_new, **chat.options)
     except ContextLengthError as exc:
         raise ApiError(400, exc.message, param="messages", code="context_length_exceeded") from None
     except EdgeslmError as exc:
-        raise ApiError(400, exc.message) from None
+        param = getattr(exc, "param", None)
+        raise ApiError(400, exc.message, param=param, code="invalid_image" if param else None) from None
 
 
 def _start_worker(state: ServerState, stream: Any, cancel: threading.Event, started: float,

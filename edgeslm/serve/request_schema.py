@@ -27,7 +27,7 @@ class ApiError(Exception):
 @dataclass(frozen=True)
 class ChatRequest:
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]  # content: a string, or a list of text / image_url parts
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
@@ -83,7 +83,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
     return ChatRequest(model, messages, stream, bool(stream_options.get("include_usage")), max_tokens, options)
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise ApiError(400, "'messages' must be a non-empty list", param="messages")
     out = []
@@ -91,14 +91,25 @@ def _messages(value: Any) -> list[dict[str, str]]:
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role")
         content = message.get("content")
-        if isinstance(content, list):  # content parts: text only for text models
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                    raise ApiError(400, f"messages[{i}].content: only text parts are supported by this model",
-                                   param=f"messages[{i}].content")
-                texts.append(part["text"])
-            content = "".join(texts)
+        if isinstance(content, list):  # content parts: text, and image_url for models that take images
+            for j, part in enumerate(content):
+                where = f"messages[{i}].content[{j}]"
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "text" and isinstance(part.get("text"), str):
+                    continue
+                if kind == "image_url":
+                    image = part.get("image_url")
+                    url = image.get("url") if isinstance(image, dict) else image
+                    if isinstance(url, str) and url:
+                        continue
+                    raise ApiError(400, f"{where}.image_url needs a 'url' string", param=where)
+                raise ApiError(400, f"{where}: parts must be {{'type': 'text', 'text': ...}} or "
+                                    f"{{'type': 'image_url', 'image_url': {{'url': ...}}}}", param=where)
+            if all(part["type"] == "text" for part in content):
+                content = "".join(part["text"] for part in content)
+            else:
+                out.append({"role": message["role"], "content": content})
+                continue
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
         out.append({"role": message["role"], "content": content})
