@@ -120,7 +120,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
         source = scan_weights(model_path, hub_id, config, hash_progress=advance)
     recipe = recipe.with_defaults_for([s.name for s in formats])
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
-    settings = {spec.name: recipe.settings_for(spec.name) for spec in formats}
+    settings = {spec.name: _device_limits(recipe.settings_for(spec.name), spec, targets) for spec in formats}
     for spec in formats:
         exporters[spec.name].check_settings(settings[spec.name], source)
     plan = _evaluation_plan(request.quality, recipe, source)
@@ -163,6 +163,15 @@ def _evaluation_plan(request: QualityRequest, recipe: Recipe, source: SourceMode
     length = request.window_tokens or recipe.quality.window_tokens
     return EvaluationPlan(text, text.windows(source.path / "tokenizer.json", count, length), length,
                           recipe.quality.max_perplexity_increase, request.allow_loss)
+
+
+def _device_limits(settings, spec: FormatSpec, targets: list[Target]):
+    """A target's ``planning.num_crops`` caps the crops per image of the artifacts it takes (the smallest
+    cap of the targets sharing an artifact wins): fewer crops, fewer image tokens on a small device."""
+    caps = [t.planning.num_crops for t in targets if spec.name in t.formats and t.planning.num_crops]
+    if caps and hasattr(settings, "num_crops") and min(caps) < settings.num_crops:
+        return dataclasses.replace(settings, num_crops=min(caps))
+    return settings
 
 
 def _vision_plan(request: QualityRequest, recipe: Recipe, source: SourceModel) -> VisionEvalPlan | None:

@@ -29,10 +29,13 @@ class Planning:
     memory_bandwidth_gbps: float
     default_context_length: int
     reserve_ram_gb: float = 1.0  # what the OS and other processes keep
+    num_crops: int = 0  # vision models: most 336-px crops per image on this device (0 = the recipe's)
 
     def __post_init__(self) -> None:
         if self.default_context_length < 256:
             raise ValueError("planning.default_context_length must be at least 256")
+        if not 0 <= self.num_crops <= 16:
+            raise ValueError("planning.num_crops must be between 1 and 16 (0: the recipe's)")
 
 
 @dataclass(frozen=True)

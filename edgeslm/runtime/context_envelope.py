@@ -38,6 +38,8 @@ def plan_context(artifact: Artifact, available_bytes: int, requested: int | None
         ctx = ContextEnvelope(int(fixed["max_total_tokens"]), int(fixed["max_prompt_tokens"]),
                               int(fixed["max_total_tokens"]))
     base = mem.weight_bytes + mem.runtime_overhead_bytes
+    if artifact.vision is not None:  # the vision encoder's activations while an image is encoded
+        base += artifact.vision.vision_runtime_bytes
     usable = available_bytes - max(SAFETY_BYTES, reserve_bytes)
     if base + mem.kv_cache_bytes_per_token * MIN_CONTEXT > usable:
         return (f"needs {_gib(base + mem.kv_cache_bytes_per_token * MIN_CONTEXT)} for weights and a "

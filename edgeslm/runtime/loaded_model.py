@@ -56,6 +56,7 @@ class LLM:
         self._lock = threading.Lock()  # one generation at a time per engine
         self.allow_remote_images = False  # http(s) image URLs (the server enables them with a flag)
         self.allow_image_files = True  # local paths / file:// URLs (the server turns them off)
+        self.num_crops: int | None = None  # crops per image instead of the artifact's (vision bundles)
 
     @property
     def context_tokens(self) -> int:
@@ -75,7 +76,8 @@ class LLM:
         ``file://`` URL or a path, ``image`` with a path or bytes)."""
         prepared = prepare_prompt(messages, system, self.template, self.engine.encode,
                                   self.candidate.artifact.vision, model_name=self.manifest.model.name,
-                                  allow_remote_images=self.allow_remote_images, allow_files=self.allow_image_files)
+                                  allow_remote_images=self.allow_remote_images, allow_files=self.allow_image_files,
+                                  num_crops=self.num_crops)
         check_length(prepared, self.max_prompt_tokens, self.context_tokens, self.candidate.artifact.id)
         return prepared
 
@@ -165,8 +167,14 @@ class LLM:
 
 
 def load(bundle: str | Path, artifact: str | None = None, device: str | None = None, context: int | None = None,
-         verify: str = "fast", host: HostProfile | None = None, threads: int | None = None) -> LLM:
-    """Open a bundle (folder or .tar), pick the artifact for this host, verify it and load its engine."""
+         verify: str = "fast", host: HostProfile | None = None, threads: int | None = None,
+         num_crops: int | None = None) -> LLM:
+    """Open a bundle (folder or .tar), pick the artifact for this host, verify it and load its engine.
+    ``num_crops`` (vision bundles): at most this many 336-px crops per image instead of the artifact's."""
+    if num_crops is not None:
+        from ..vision.phi3v_processor import check_num_crops
+
+        check_num_crops(num_crops)
     opened = OpenedBundle(Path(bundle))
     try:
         manifest = read_manifest(opened.folder)
@@ -176,7 +184,9 @@ def load(bundle: str | Path, artifact: str | None = None, device: str | None = N
         verify_before_load(opened.folder, manifest, chosen.artifact.id, verify)
         open_engine = backend_of(chosen.spec).open_engine()
         engine = open_engine(opened.folder / chosen.artifact.path, chosen, host, manifest, threads=threads)
-        return LLM(opened, manifest, selection, engine)
+        llm = LLM(opened, manifest, selection, engine)
+        llm.num_crops = num_crops
+        return llm
     except BaseException:
         opened.close()
         raise

@@ -35,7 +35,8 @@ class PreparedPrompt:
 
 def prepare_prompt(messages: Any, system: str | None, template: ChatTemplate, encode: Callable[[str], list[int]],
                    vision: VisionInfo | None, *, model_name: str, allow_remote_images: bool = False,
-                   allow_files: bool = True) -> PreparedPrompt:
+                   allow_files: bool = True, num_crops: int | None = None) -> PreparedPrompt:
+    """``num_crops`` overrides the artifact's crops per image (fewer: fewer image tokens, less detail)."""
     from ..vision.image_files import ImageInputError
 
     texts, refs = split_images(messages)
@@ -55,7 +56,7 @@ def prepare_prompt(messages: Any, system: str | None, template: ChatTemplate, en
     started = time.perf_counter()
     images = [open_image(ref.source, label=ref.label, max_pixels=vision.max_image_pixels,
                          allow_remote=allow_remote_images, allow_files=allow_files) for ref in refs]
-    processed = preprocess(images, num_crops=vision.num_crops) if images else None
+    processed = preprocess(images, num_crops=num_crops or vision.num_crops) if images else None
     counts = processed.num_img_tokens if processed is not None else ()
     ids = expand_image_prompt(rendered, encode, counts)
     return PreparedPrompt(ids, processed, sum(counts), time.perf_counter() - started)

@@ -37,9 +37,9 @@ class OnnxGenaiEngine:
         config_text = (artifact_dir / "genai_config.json").read_text(encoding="utf-8") \
             if (artifact_dir / "genai_config.json").is_file() else "{}"
         self.takes_images = json.loads(config_text).get("model", {}).get("type") == "phi3v"
-        threading = {"session_options": {"intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1}}
-        parts = ("decoder", "vision", "embedding") if self.takes_images else ("decoder",)
-        config.overlay(json.dumps({"model": {part: threading for part in parts}}))
+        # a phi3v artifact's vision and embedding parts run with the decoder's session options
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": max(1, threads), "inter_op_num_threads": 1}}}}))
         try:
             self.model = og.Model(config)
         except Exception as exc:  # onnxruntime raises plain RuntimeErrors

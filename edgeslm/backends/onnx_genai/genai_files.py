@@ -83,14 +83,16 @@ def genai_config(source_dir: Path, config: dict[str, Any], max_length: int, *, i
     }
 
 
-def multimodal_parts(document: dict[str, Any], *, vision: str, embedding: str, session_options: dict) -> None:
-    """Turn a decoder's genai_config into a ``phi3v`` one: the vision and embedding parts beside it."""
+def multimodal_parts(document: dict[str, Any], *, vision: str, embedding: str) -> None:
+    """Turn a decoder's genai_config into a ``phi3v`` one: the vision and embedding parts beside it. They
+    have no session options of their own, so they run with the decoder's (provider, threads, and what a
+    runtime overlays on the decoder's)."""
     model = document["model"]
     model["type"] = "phi3v"
-    model["vision"] = {"filename": vision, "config_filename": PROCESSOR_CONFIG, "session_options": session_options,
+    model["vision"] = {"filename": vision, "config_filename": PROCESSOR_CONFIG,
                        "inputs": {"pixel_values": "pixel_values", "image_sizes": "image_sizes"},
                        "outputs": {"image_features": "image_features"}}
-    model["embedding"] = {"filename": embedding, "session_options": session_options,
+    model["embedding"] = {"filename": embedding,
                           "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
                           "outputs": {"inputs_embeds": "inputs_embeds"}}
 
@@ -122,8 +124,7 @@ def write_genai_files(source_dir: Path, out_dir: Path, config: dict[str, Any], m
     document = genai_config(source_dir, config, max_length, inputs_embeds=inputs_embeds or vision is not None,
                             provider=provider, filename=filename)
     if vision is not None:
-        session = dict(document["model"]["decoder"]["session_options"])
-        multimodal_parts(document, vision=vision[0], embedding=vision[1], session_options=session)
+        multimodal_parts(document, vision=vision[0], embedding=vision[1])
         (out_dir / PROCESSOR_CONFIG).write_text(json.dumps(processor_config(vision[2]), indent=4) + "\n",
                                                 encoding="utf-8")
     (out_dir / "genai_config.json").write_text(json.dumps(document, indent=4) + "\n", encoding="utf-8")
