@@ -42,7 +42,15 @@ from ..bundle.pack import pack_bundle
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
-from ..errors import BuildError, DiskSpaceError, EdgeslmError, ModelSourceError, OutputExistsError, UsageError
+from ..errors import (
+    BackendMissingError,
+    BuildError,
+    DiskSpaceError,
+    EdgeslmError,
+    ModelSourceError,
+    OutputExistsError,
+    UsageError,
+)
 from ..package_versions import version_of
 from ..progress import NullProgress, Progress
 from ..registry import backend_of
@@ -180,6 +188,13 @@ def _vision_plan(request: QualityRequest, recipe: Recipe, source: SourceModel) -
         if request.vision_eval and not request.skip:
             raise UsageError(f"[[vision_eval]] applies to models that take images; {source.name} is text-only")
         return None
+    import importlib.util
+
+    missing = [name for name in ("torch", "transformers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BackendMissingError(f"measuring a vision artifact needs edgeslm's torch reference ({', '.join(missing)} "
+                                  "not installed)", hint="pip install 'edgeslm[build-onnx-builder]', or build with "
+                                                         "[[no_eval]]")
     return vision_eval_plan(request.vision_eval, recipe.quality.vision_questions, recipe.quality.max_accuracy_drop,
                             request.allow_loss)
 

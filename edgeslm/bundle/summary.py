@@ -39,6 +39,15 @@ def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
                          + (" — over the limit, kept with --allow-quality-loss" if q.allowed_loss else ""))
         else:
             lines.append("      quality: not measured")
+        if a.vision:
+            v = a.vision
+            lines.append(f"      images: up to {v.num_crops} crops, ≤ {max(v.tokens_by_grid.values()):,} tokens each; "
+                         f"vision part {human_bytes(v.vision_weight_bytes)} ({v.precision})")
+            if v.accuracy:
+                acc = v.accuracy
+                lines.append(f"      image questions: {acc.artifact:.1%} vs reference {acc.source:.1%} on {acc.questions} "
+                             f"of {acc.dataset}; features cos ≥ {acc.feature_cosine_min}"
+                             + ("" if acc.within_limit else " — over the limit, kept with --allow-quality-loss"))
     for warning in m.warnings:
         lines.append(f"warning   {warning}")
     lines.append("targets")

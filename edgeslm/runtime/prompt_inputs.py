@@ -18,7 +18,7 @@ from typing import Any
 from ..bundle.manifest import VisionInfo
 from ..errors import ContextLengthError
 from .chat_template import ChatTemplate, validate_messages
-from .message_parts import split_images
+from .message_parts import ImageRef, split_images
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,35 @@ def prepare_prompt(messages: Any, system: str | None, template: ChatTemplate, en
     rendered = template.render(texts)
     if vision is None:
         return PreparedPrompt(encode(rendered))
-    from ..vision.image_files import open_image
     from ..vision.image_prompt import expand_image_prompt
     from ..vision.phi3v_processor import preprocess
 
     started = time.perf_counter()
-    images = [open_image(ref.source, label=ref.label, max_pixels=vision.max_image_pixels,
-                         allow_remote=allow_remote_images, allow_files=allow_files) for ref in refs]
-    processed = preprocess(images, num_crops=num_crops or vision.num_crops) if images else None
+    crops = num_crops or vision.num_crops
+    images = [_open(ref, vision, crops, allow_remote_images, allow_files) for ref in refs]
+    processed = preprocess(images, num_crops=crops) if images else None
     counts = processed.num_img_tokens if processed is not None else ()
     ids = expand_image_prompt(rendered, encode, counts)
     return PreparedPrompt(ids, processed, sum(counts), time.perf_counter() - started)
+
+
+def _open(ref: ImageRef, vision: VisionInfo, num_crops: int, allow_remote: bool, allow_files: bool) -> Any:
+    """One image, opened with the artifact's limits and checked against its crop rule. A refusal carries
+    ``param`` = the content part it came from (``messages[0].content[1]``), which the server answers with."""
+    from ..vision.image_files import ImageInputError, open_image
+    from ..vision.phi3v_processor import hd_size
+
+    try:
+        image = open_image(ref.source, label=ref.label, max_pixels=vision.max_image_pixels,
+                           allow_remote=allow_remote, allow_files=allow_files)
+    except ImageInputError as exc:
+        exc.param = exc.param or ref.label
+        raise
+    try:
+        hd_size(*image.size, num_crops)  # an image too thin for the HD transform, named here
+    except ImageInputError as exc:
+        raise ImageInputError(f"{ref.label}: {exc.message}", hint=exc.hint, param=ref.label) from None
+    return image
 
 
 def check_length(prepared: PreparedPrompt, max_prompt_tokens: int, context_tokens: int, artifact_id: str) -> None:

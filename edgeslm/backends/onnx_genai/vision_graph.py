@@ -18,7 +18,7 @@ the order the embedding part writes them at the prompt's negative ids. It follow
    integer arithmetic for all images at once (no loop), and one ``Gather`` lays the tokens out;
 5. ``img_projection``: Linear → GELU (erf) → Linear.
 
-CLIP's linear layers are int8 (or int4) MatMulNBits, or fp32 MatMuls with ``bits=None``.
+CLIP's and the projection's linear layers are int8 (or int4) MatMulNBits, or fp32 MatMuls with ``bits=None``.
 """
 
 from __future__ import annotations
@@ -139,9 +139,9 @@ class _VisionGraph:
         indices = self.layout(rows, cols, used, newline)
         tokens = g.op("Gather", [bank, indices], axis=0)  # [T, 4C]
 
-        projected = self.linear(tokens, PREFIX + "img_projection.0", quantize=False)
+        projected = self.linear(tokens, PREFIX + "img_projection.0")
         projected = g.op("Gelu", [projected], "Gelu", MS)
-        projected = self.linear(projected, PREFIX + "img_projection.2", quantize=False)
+        projected = self.linear(projected, PREFIX + "img_projection.2")
         out_type = FLOAT[plan.output_dtype]
         if plan.output_dtype != "float32":
             projected = g.op("Cast", [projected], to=out_type)
