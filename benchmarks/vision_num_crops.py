@@ -8,6 +8,8 @@ grid) and 8 crops are out of its distribution; the real Phi-3.5-vision was train
 
 Usage: python benchmarks/vision_num_crops.py BUNDLE OUT.json
 """
+from __future__ import annotations
+
 import json
 import sys
 import time
@@ -16,15 +18,26 @@ from pathlib import Path
 import edgeslm
 from edgeslm.builder.vision_accuracy import is_right, load_questions
 
-qs = load_questions(Path("tests/fixtures/eval/vision-dev"))
-out = {}
-for n in (1, 2, 4, 8):
-    with edgeslm.load(sys.argv[1], num_crops=n) as llm:
-        right, toks, t0 = 0, [], time.perf_counter()
-        for q in qs:
-            msgs = [{"role": "user", "content": [{"type": "image", "image": str(q.image)}, {"type": "text", "text": q.question}]}]
-            r = llm.chat(msgs, max_new_tokens=16)
-            right += is_right(r.text, q); toks.append(r.usage.prompt_tokens)
-        out[n] = {"accuracy": round(right / len(qs), 4), "mean_prompt_tokens": round(sum(toks) / len(toks), 1), "wall_s": round(time.perf_counter() - t0, 1)}
-        print(n, out[n], flush=True)
-json.dump(out, open(sys.argv[2], "w"), indent=1)
+QUESTIONS = Path(__file__).resolve().parents[1] / "tests/fixtures/eval/vision-dev"
+
+
+def main(bundle: str, out_path: str) -> None:
+    questions = load_questions(QUESTIONS)
+    out = {}
+    for crops in (1, 2, 4, 8):
+        with edgeslm.load(bundle, num_crops=crops) as llm:
+            right, tokens, started = 0, [], time.perf_counter()
+            for q in questions:
+                content = [{"type": "image", "image": str(q.image)}, {"type": "text", "text": q.question}]
+                result = llm.chat([{"role": "user", "content": content}], max_new_tokens=16)
+                right += is_right(result.text, q)
+                tokens.append(result.usage.prompt_tokens)
+            out[crops] = {"accuracy": round(right / len(questions), 4),
+                          "mean_prompt_tokens": round(sum(tokens) / len(tokens), 1),
+                          "wall_s": round(time.perf_counter() - started, 1)}
+            print(crops, out[crops], flush=True)
+    Path(out_path).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
