@@ -127,3 +127,27 @@ def test_artifact_layout_and_onnxruntime_genai_processor(tmp_path):
         generator.generate_next_token()
         answer.append(int(generator.get_next_tokens()[0]))
     assert og.Tokenizer(model).decode(answer[:answer.index(32007)]).strip() == "Two."
+
+
+def test_accuracy_gate_fails_the_build_below_the_limit(tmp_path, reference):
+    """The gate of ``score_vision`` on a real artifact and scorer: the reference's answers are replaced by the
+    set's own answers (100% right), so the artifact's one miss on dev-022.png is a drop over a 0-point limit."""
+    from edgeslm.backends.onnx_genai import scoring
+    from edgeslm.builder.vision_quality import VisionReference, score_vision, vision_eval_plan
+    from edgeslm.errors import QualityError
+
+    out = tmp_path / "shapes.bundle"
+    assert run_cli("build", "--target", "cpu-x86_64", "--model", str(MODEL), "--out", str(out), "--no-eval").returncode == 0
+    art = out / "artifacts" / "onnx-int4-cpu"
+    full = vision_eval_plan(REPO / "tests/fixtures/eval/vision-dev", 0, 0.0, allow_loss=False)
+    questions = tuple(q for q in full.questions if Path(q.image).name == "dev-022.png")
+    strict = type(full)(full.folder, "dev-022", questions, 0.0, False)
+    images = _images("../eval/vision-dev/dev-022.png")
+    ideal = VisionReference(4, tuple(q.answer for q in questions),
+                            {str(questions[0].image): reference.image_features(images.pixel_values, images.image_sizes)})
+    with pytest.raises(QualityError, match="accuracy .* below the fp32 reference's 100.0%"):
+        score_vision(strict, ideal, MODEL, scoring, art, "onnx-int4-cpu")
+    kept = score_vision(type(full)(full.folder, "dev-022", questions, 0.0, True), ideal, MODEL, scoring, art,
+                        "onnx-int4-cpu")
+    assert not kept.within_limit and kept.source == 1.0 and kept.artifact < 1.0
+    assert kept.feature_cosine_min > 0.999
