@@ -126,6 +126,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
                                f"not {', '.join(config.get('architectures') or ['?'])}")
     with progress.task("Checking the source weights (safetensors headers, sha256)") as advance:
         source = scan_weights(model_path, hub_id, config, hash_progress=advance)
+    targets, formats, skipped = _image_formats(source, recipe, formats, targets)
     recipe = recipe.with_defaults_for([s.name for s in formats])
     recipe = apply_overrides(recipe, list(request.overrides), [s.name for s in formats])
     settings = {spec.name: _device_limits(recipe.settings_for(spec.name), spec, targets) for spec in formats}
@@ -142,7 +143,7 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
     folders = BuildFolders(out)
     try:
         manifest = _build_into(folders.staging, folders.work, source, recipe, targets, formats, exporters,
-                               settings, plan, calibration, progress, started, vision_plan)
+                               settings, plan, calibration, progress, started, vision_plan, skipped)
         with progress.task("Verifying the bundle") as advance:
             verify_bundle(folders.staging, progress=advance).raise_for_problems()
         _move_into_place(folders.staging, out, request.force)
@@ -171,6 +172,28 @@ def _evaluation_plan(request: QualityRequest, recipe: Recipe, source: SourceMode
     length = request.window_tokens or recipe.quality.window_tokens
     return EvaluationPlan(text, text.windows(source.path / "tokenizer.json", count, length), length,
                           recipe.quality.max_perplexity_increase, request.allow_loss)
+
+
+def _image_formats(source: SourceModel, recipe: Recipe, formats: list[FormatSpec],
+                   targets: list[Target]) -> tuple[list[Target], list[FormatSpec], tuple[str, ...]]:
+    """A model that takes images is built only into the formats its recipe has settings for (those whose
+    exporters build its image parts): a target's other formats are skipped, with a manifest warning, and a
+    target left with none is refused. Text models: everything as given."""
+    if "Phi3VForCausalLM" not in (source.config.get("architectures") or []):
+        return targets, formats, ()
+    skipped = tuple(s.name for s in formats if s.name not in recipe.formats)
+    if not skipped:
+        return targets, formats, ()
+    empty = [t.name for t in targets if not set(t.formats) - set(skipped)]
+    if empty:
+        raise UsageError(f"{source.name} takes images; edgeslm builds it for {', '.join(recipe.formats)} only, and "
+                         f"target {', '.join(empty)} takes none of them",
+                         hint="pick targets that take ONNX artifacts, e.g. cpu-x86_64, cpu-arm64, raspberrypi5, "
+                              "jetson-orin")
+    kept = [dataclasses.replace(t, formats=tuple(f for f in t.formats if f not in skipped)) for t in targets]
+    notes = tuple(f"{name}: not built, {source.name} takes images and edgeslm builds it for "
+                  f"{', '.join(recipe.formats)} only" for name in skipped)
+    return kept, [s for s in formats if s.name not in skipped], notes
 
 
 def _device_limits(settings, spec: FormatSpec, targets: list[Target]):
@@ -210,7 +233,7 @@ def _calibration(request: BuildRequest, plan: EvaluationPlan | None) -> BuildTex
 def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, targets: list[Target],
                 formats: list[FormatSpec], exporters: dict, settings: dict, plan: EvaluationPlan | None,
                 calibration: BuildText, progress: Progress, started: float,
-                vision_plan: VisionEvalPlan | None = None) -> Manifest:
+                vision_plan: VisionEvalPlan | None = None, notes: tuple[str, ...] = ()) -> Manifest:
     chat = chat_info(source.path, recipe.stop_tokens)
     packages: dict[str, str] = {}
     artifacts = []
@@ -265,7 +288,7 @@ def _build_into(staging: Path, work: Path, source: SourceModel, recipe: Recipe, 
                         "python": platform.python_version()},
             duration_s=round(time.monotonic() - started, 2),
         ),
-        warnings=_warnings(plan, artifacts),
+        warnings=notes + _warnings(plan, artifacts),
     )
     write_manifest(manifest, staging)
     return manifest
