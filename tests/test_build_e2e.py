@@ -24,7 +24,7 @@ def test_one_artifact_shared_by_three_targets(built_bundle: Path):
 
 def test_manifest_model_identity_and_chat(built_bundle: Path):
     m = read_manifest(built_bundle)
-    assert m.schema == "edgeslm-bundle" and m.schema_version == 2
+    assert m.schema == "edgeslm-bundle" and m.schema_version == 3
     assert m.model.architecture == "Phi3ForCausalLM"
     assert m.model.parameter_count == 21_531_904
     weights = DOCS_MODEL / "model.safetensors"

@@ -42,7 +42,7 @@ def test_fresh_clone_collects_every_test_with_nothing_beside_it(tmp_path):
 @pytest.mark.slow
 def test_default_build_for_every_target_measures_every_artifact(default_bundle):
     manifest = json.loads((default_bundle / "manifest.json").read_text())
-    assert manifest["schema_version"] == 2 and manifest["warnings"] == []
+    assert manifest["schema_version"] == 3 and manifest["warnings"] == []
     assert set(manifest["targets"]) == set(all_targets())
     formats = {f for t in all_targets().values() for f in t.formats}
     assert {a["id"] for a in manifest["artifacts"]} == formats

@@ -156,8 +156,8 @@ def test_altered_file_is_refused_with_its_name(bundle_copy, tmp_path):
 
 def test_unknown_schema_version_is_refused(bundle_copy):
     path = bundle_copy / "manifest.json"
-    path.write_text(path.read_text().replace('"schema_version": 2', '"schema_version": 3'))
-    assert_clean_error(run_cli("run", str(bundle_copy), "hi"), "schema_version 3")
+    path.write_text(path.read_text().replace('"schema_version": 3', '"schema_version": 4'))
+    assert_clean_error(run_cli("run", str(bundle_copy), "hi"), "schema_version 4")
 
 
 def test_readme_quickstart_builds_and_answers(tmp_path):
