@@ -1,5 +1,8 @@
 """OpenVINO target on the fixture model (CPU device here): export, quality, tokenizer, NPU path, bad input.
 
+Both exporters are built: the recipe's default ``onnx-streaming`` (``ov_bundle``) and ``optimum-intel``
+(``ov_optimum_bundle``); the IR checks and the NPU envelope run on both, and the two must score alike.
+
 No Intel NPU exists on this machine. The NPU tests use the recorded Intel Core Ultra host tree with
 OpenVINO's device list injected, and a stand-in for ``openvino_genai.LLMPipeline`` that records the
 device and properties it was given and then runs the real pipeline on the CPU.
@@ -39,6 +42,17 @@ def ov_bundle(tmp_path_factory) -> Path:
     return build_for_target(tmp_path_factory, "intel-core-ultra")
 
 
+@pytest.fixture(scope="session")
+def ov_optimum_bundle(tmp_path_factory) -> Path:
+    return build_for_target(tmp_path_factory, "intel-core-ultra", "--set", "openvino-int4.exporter=optimum-intel")
+
+
+BOTH = pytest.mark.parametrize("bundle_fixture, exporter, int4_layers", [
+    ("ov_bundle", "onnx-streaming", 5),  # qkv, o, gate, up, down (the ONNX graph keeps gate and up apart)
+    ("ov_optimum_bundle", "optimum-intel", 4),  # qkv, o, gate_up, down
+])
+
+
 def test_bundle_has_openvino_and_onnx_fallback(ov_bundle):
     m = read_manifest(ov_bundle)
     assert [a.id for a in m.artifacts] == ["openvino-int4", "onnx-int4-cpu"]
@@ -52,20 +66,55 @@ def test_bundle_has_openvino_and_onnx_fallback(ov_bundle):
     assert abs(art.quality.relative_change) < 0.03
 
 
-def test_ir_weight_compression_is_what_the_recipe_asked(ov_bundle):
+@BOTH
+def test_ir_weight_compression_is_what_the_recipe_asked(request, bundle_fixture, exporter, int4_layers):
     import openvino as ov
 
-    art = read_manifest(ov_bundle).artifact("openvino-int4")
+    bundle = request.getfixturevalue(bundle_fixture)
+    art = read_manifest(bundle).artifact("openvino-int4")
     stats = art.quantization["ir_weights"]
     assert art.quantization["mode"] == "int4_sym" and art.quantization["group_size"] == 128
+    assert art.quantization["exporter"] == exporter and art.details["exporter"].startswith(exporter)
     # Independent count from the IR on disk: symmetric int4 = signed i4 constants, groups of 128.
-    model = ov.Core().read_model(str(ov_bundle / art.path / "openvino_model.xml"))
-    i4 = [op for op in model.get_ops() if op.get_type_name() == "Constant"
-          and op.get_output_element_type(0).get_type_name() == "i4"]
-    assert len(i4) == stats["constants"]["i4"] == 6 * 4  # qkv, o, gate_up, down per layer
+    model = ov.Core().read_model(str(bundle / art.path / "openvino_model.xml"))
+    consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
+    i4 = [op for op in consts if op.get_output_element_type(0).get_type_name() == "i4"]
+    assert len(i4) == stats["constants"]["i4"] == 6 * int4_layers
     assert {tuple(op.get_output_partial_shape(0).to_shape())[-1] for op in i4} == {128}
-    assert "u4" not in stats["constants"]  # nothing asymmetric
-    assert stats["constants"].get("i8", 0) >= 1  # embeddings / lm_head in the int8_sym backup precision
+    assert stats["int4_group_sizes"] == {"128": 6 * int4_layers}
+    assert not {"u4", "u8", "f16", "f32"} & stats["constants"].keys()  # no zero points, scales or float weights
+    # embeddings and lm_head in the int8_sym backup precision, channel-wise: [32064, 256] each
+    i8 = [op for op in consts if op.get_output_element_type(0).get_type_name() == "i8"]
+    assert sorted(tuple(op.get_output_partial_shape(0).to_shape()) for op in i8) == [(32064, 256)] * 2
+    assert stats["constants"]["i8"] == 2 and stats["int8_group_sizes"] == {"-1": 2}
+    assert not [op for op in model.get_ops() if op.get_type_name() in ("If", "GroupQueryAttention")]
+    assert [i.get_any_name() for i in model.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+    assert len(model.get_sinks()) == 2 * 6  # stateful: one Assign per layer's key and value
+
+
+def test_onnx_route_scores_like_optimum_intel(ov_bundle, ov_optimum_bundle):
+    """Same windows, both artifacts: perplexity within 0.5% (the build's own measure and the test's)."""
+    from edgeslm.backends.openvino.scoring import window_nll
+
+    new, old = (read_manifest(b).artifact("openvino-int4").quality for b in (ov_bundle, ov_optimum_bundle))
+    assert new.dataset_sha256 == old.dataset_sha256 and new.windows == old.windows
+    assert abs(new.artifact - old.artifact) / old.artifact <= 0.005, (new.artifact, old.artifact)
+    windows = token_windows(16, 512)
+    ppl = [math.exp(sum(window_nll(b / "artifacts" / "openvino-int4", windows)) / sum(len(w) - 1 for w in windows))
+           for b in (ov_bundle, ov_optimum_bundle)]
+    assert abs(ppl[0] - ppl[1]) / ppl[1] <= 0.005, ppl
+
+
+def test_onnx_route_greedy_answers_stop_at_end(ov_bundle, ov_optimum_bundle):
+    """Greedy through the runtime: the onnx-streaming artifact stops at <|end|> where optimum-intel's does."""
+    def answers(bundle):
+        with edgeslm.load(bundle, artifact="openvino-int4") as llm:
+            return [llm.chat(messages, max_new_tokens=128) for messages in PROMPTS]
+
+    new, old = answers(ov_bundle), answers(ov_optimum_bundle)
+    assert all("<|end|>" not in r.text for r in new)
+    assert [r.finish_reason for r in new] == [r.finish_reason for r in old]
+    assert sum(r.finish_reason == "stop" for r in new) >= len(PROMPTS) // 2 + 1
 
 
 def test_openvino_perplexity_within_3_percent(ov_bundle):
@@ -138,8 +187,13 @@ def npu_stand_in(monkeypatch):
     return calls
 
 
-def test_npu_selection_properties_and_envelope(ov_bundle, npu_stand_in):
-    with edgeslm.load(ov_bundle, host=_intel_host()) as llm:
+@BOTH
+def test_npu_selection_properties_and_envelope(request, bundle_fixture, exporter, int4_layers, npu_stand_in):
+    bundle = request.getfixturevalue(bundle_fixture)
+    details = read_manifest(bundle).artifact("openvino-int4").details
+    assert details["npu_suitable"] is True and details["device_context"]["npu"] == {
+        "max_prompt_tokens": 1024, "max_total_tokens": 1024 + 128, "min_response_tokens": 128}
+    with edgeslm.load(bundle, host=_intel_host()) as llm:
         assert (llm.candidate.artifact.id, llm.candidate.device) == ("openvino-int4", "npu")
         assert llm.context_tokens == 1024 + 128 and llm.max_prompt_tokens == 1024
         assert "NPU static shapes" in llm.candidate.summary
@@ -165,6 +219,8 @@ def test_intel_selection_gpu_cpu_and_fallback(ov_bundle):
     ("openvino-int4.mode=int4_asym", "NPU needs symmetric int4"),
     ("openvino-int4.group_size=64", "group_size 128 or -1"),
     ("openvino-int4.ratio=0.8", "ratio = 1.0"),
+    ("openvino-int4.group_size=-1", "channel-wise needs exporter=optimum-intel"),
+    ("openvino-int4.awq=true", "awq/scale_estimation/gptq need exporter=optimum-intel"),
 ])
 def test_unsupported_option_combinations(tmp_path, setting, words):
     result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
@@ -175,5 +231,6 @@ def test_unsupported_option_combinations(tmp_path, setting, words):
 
 def test_missing_optimum_names_the_extra(tmp_path):
     result = run_cli("build", "--target", "intel-core-ultra", "--model", str(DOCS_MODEL),
-                     "--out", str(tmp_path / "o"), env=import_blocker(tmp_path, "optimum", "nncf"))
+                     "--out", str(tmp_path / "o"), "--set", "openvino-int4.exporter=optimum-intel",
+                     env=import_blocker(tmp_path, "optimum", "nncf"))
     assert_clean_error(result, "optimum.intel", "edgeslm[build-openvino]")

@@ -1,4 +1,4 @@
-"""OpenVINO backend: stateful IR with NNCF weight compression (optimum-intel), run by openvino-genai."""
+"""OpenVINO backend: stateful int4 IR (streamed ONNX + convert_model, or optimum-intel + NNCF), run by openvino-genai."""
 
 from ...backend import Backend, FormatSpec
 

@@ -1,4 +1,4 @@
-"""Recipe options for the OpenVINO format (NNCF weight compression through optimum-intel)."""
+"""Recipe options for the OpenVINO format: which exporter makes the IR, and its weight compression."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ NPU_GROUP_SIZES = (128, -1)
 
 @dataclass(frozen=True)
 class OpenVinoSettings:
-    """Options of NNCF's weight compression, as optimum-intel passes them.
+    """How the IR is made: the exporter, and NNCF-style weight compression options.
 
+    exporter: ``onnx-streaming`` (edgeslm's streaming int4 ONNX converted by ``openvino.convert_model``:
+        ~2-3 GB of RAM at 3.8B, data-free int4_sym groups of 16..256 only; ``onnx_route``) or
+        ``optimum-intel`` (optimum-intel traces the torch model and NNCF compresses it: ~11 GB at 3.8B;
+        every option below, channel-wise and data-aware included).
     mode: weight format of the compressed layers (NPU needs int4_sym).
     group_size: quantization group along the input dimension; -1 is channel-wise.
     ratio: share of the layers in ``mode``; the rest use ``backup_precision`` (NPU needs 1.0).
@@ -26,6 +30,7 @@ class OpenVinoSettings:
     npu_max_prompt_len / npu_min_response_len: the static shapes the NPU pipeline is compiled for.
     """
 
+    exporter: Literal["onnx-streaming", "optimum-intel"] = "onnx-streaming"
     mode: Literal["int4_sym", "int4_asym", "int8_sym", "int8_asym"] = "int4_sym"
     group_size: Literal[-1, 32, 64, 128, 256] = 128
     ratio: float = 1.0
@@ -80,4 +85,8 @@ class OpenVinoSettings:
                 found.append(f"the NPU needs group_size 128 or -1 (channel-wise), not {self.group_size}")
             if self.ratio != 1.0:
                 found.append("the NPU needs ratio = 1.0 (every layer in int4)")
+        if self.exporter == "onnx-streaming":
+            from .onnx_route import route_problems
+
+            found.extend(p for p in route_problems(self) if p not in found)
         return found
