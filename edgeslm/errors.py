@@ -145,3 +145,52 @@ class FleetFlashError(EdgeslmError):
     """Some devices of a fleet flash failed (each one's reason is in the summary)."""
 
     exit_code = 16
+
+
+class SignatureError(VerificationError):
+    """A bundle's signature is missing, by an untrusted key, invalid, or over another manifest."""
+
+    exit_code = 19
+
+    def __init__(self, message: str, kind: str, hint: str | None = None):
+        super().__init__(message, problems=[kind], hint=hint)
+        self.kind = kind  # unsigned | unknown-key | bad-signature | stale-signature | not-the-signed-manifest
+
+
+class KeyFileError(EdgeslmError):
+    """A signing or public key file is missing, unreadable, too open, or needs a passphrase."""
+
+    exit_code = 20
+
+
+class GgufFileError(BundleError):
+    """A GGUF artifact is truncated, not a GGUF file, holds a tensor type edgeslm does not use, or does not
+    match the bundle's manifest (architecture, shape or tokenizer)."""
+
+
+class RemoteError(EdgeslmError):
+    """The remote fallback engine failed: network down, no answer in time, rate limited or a server error
+    after its retries, or an answer it cannot read. Messages never contain the API key."""
+
+    exit_code = 30
+
+
+class RemoteAuthError(RemoteError):
+    """The remote service refused the key (401/403), or the environment variable naming it is not set."""
+
+    exit_code = 31
+
+
+class RemoteNotFoundError(RemoteError):
+    """The remote service has no such model or path (404): a wrong model id or base URL in remote.toml."""
+
+    exit_code = 32
+
+
+class RemoteInputError(UsageError):
+    """A request the remote fallback cannot take (an image that is not a data: URL-able image, an image for
+    a remote without a vision model); ``param`` names the request field, as for images."""
+
+    def __init__(self, message: str, hint: str | None = None, param: str | None = None):
+        super().__init__(message, hint)
+        self.param = param

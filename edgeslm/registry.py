@@ -24,7 +24,7 @@ from .errors import ConfigError
 
 ENTRY_POINT_GROUP = "edgeslm.backends"
 BUILTIN_BACKENDS = ("edgeslm.backends.onnx_genai", "edgeslm.backends.openvino", "edgeslm.backends.mlx",
-                    "edgeslm.backends.qnn")
+                    "edgeslm.backends.qnn", "edgeslm.backends.gguf", "edgeslm.backends.remote")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -64,11 +64,11 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
 def test_builtin_backends_declare_every_format_and_import_no_engine():
     code = ("import sys; from edgeslm import registry; "
             "print(sorted(registry.formats())); print([b.name for b in registry.backends().values()]); "
-            "heavy = [m for m in ('onnxruntime_genai', 'openvino', 'openvino_genai', 'mlx', 'onnxruntime', 'torch', "
+            "heavy = [m for m in ('onnxruntime_genai', 'openvino', 'openvino_genai', 'mlx', 'onnxruntime', 'torch', 'llama_cpp', 'gguf', "
             "'transformers', 'numpy') if m in sys.modules]; print(heavy)")
     out = _python(code, {}).stdout.splitlines()
-    assert out[0] == str(sorted(["onnx-int4-cpu", "onnx-int4-cuda", "openvino-int4", "mlx", "qnn-context"]))
-    assert out[1] == str(["onnx_genai", "openvino", "mlx", "qnn"])
+    assert out[0] == str(sorted(["onnx-int4-cpu", "onnx-int4-cuda", "openvino-int4", "mlx", "qnn-context", "gguf"]))
+    assert out[1] == str(["onnx_genai", "openvino", "mlx", "qnn", "gguf"])
     assert out[2] == "[]"  # declarations are standard library only
 
 
@@ -104,7 +104,7 @@ def test_broken_or_clashing_plugins_are_reported_and_left_out(tmp_path):
     result = _python("from edgeslm import registry; print(len(registry.formats())); "
                      "print(registry.backend_of('onnx-int4-cpu').name); print('\\n'.join(registry.load_problems()))", env)
     lines = result.stdout.splitlines()
-    assert lines[0] == "5" and lines[1] == "onnx_genai", result.stderr
+    assert lines[0] == "6" and lines[1] == "onnx_genai", result.stderr
     assert any("'broken'" in line and "failed to load" in line and "ModuleNotFoundError" in line for line in lines[2:])
     assert any("'clash'" in line and "onnx-int4-cpu" in line and "already serves" in line for line in lines[2:])
     doctor = run_cli("doctor", env=env)

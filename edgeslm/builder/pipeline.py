@@ -39,6 +39,8 @@ from ..bundle.manifest import (
     write_manifest,
 )
 from ..bundle.pack import pack_bundle
+from ..bundle.signatures import sign_bundle
+from ..bundle.signing_keys import SigningKey
 from ..bundle.verify import verify_bundle
 from ..config.recipes import Recipe, apply_overrides, recipe_for_config
 from ..config.targets import Target, resolve_target
@@ -77,6 +79,8 @@ class BuildRequest:
     overrides: tuple[str, ...] = ()
     quality: QualityRequest = QualityRequest()
     calibration_text: Path | None = None
+    signing_key: SigningKey | None = None  # sign the manifest before the bundle is moved into place
+    signer: str | None = None  # the name recorded with the signature [default: the key's name]
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,8 @@ def build_bundle(request: BuildRequest, progress: Progress | None = None) -> Bui
                                settings, plan, calibration, progress, started, vision_plan, skipped)
         with progress.task("Verifying the bundle") as advance:
             verify_bundle(folders.staging, progress=advance).raise_for_problems()
+        if request.signing_key is not None:
+            sign_bundle(folders.staging, request.signing_key, request.signer)
         _move_into_place(folders.staging, out, request.force)
     except BaseException as exc:
         kept = folders.failed()

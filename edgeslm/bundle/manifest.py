@@ -7,6 +7,7 @@ that an older runtime could misread; a runtime refuses versions it does not know
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +193,12 @@ class Manifest:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False) + "\n"
+
+    def for_target(self, name: str) -> Manifest:
+        """This manifest with only one target and its artifacts (what ``flash --target`` installs)."""
+        wanted = self.targets[name].artifacts
+        return dataclasses.replace(self, artifacts=tuple(a for a in self.artifacts if a.id in wanted),
+                                   targets={name: self.targets[name]})
 
 
 def write_manifest(manifest: Manifest, folder: Path) -> Path:

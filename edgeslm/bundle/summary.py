@@ -7,7 +7,8 @@ from collections.abc import Callable
 from .manifest import Manifest
 
 
-def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
+def summarize(m: Manifest, human_bytes: Callable[[float], str], signatures: list[dict] | None = None) -> str:
+    """``signatures``: ``signatures.describe(folder)`` (who signed, when, and whether it still holds)."""
     lines = [
         f"bundle    {m.bundle_id}  (schema {m.schema} v{m.schema_version})",
         f"model     {m.model.name}: {m.model.architecture}, {m.model.parameter_count / 1e6:,.1f}M parameters, "
@@ -15,8 +16,14 @@ def summarize(m: Manifest, human_bytes: Callable[[float], str]) -> str:
         f"chat      stop tokens {', '.join(f'{t} ({i})' for t, i in zip(m.chat.stop_tokens, m.chat.stop_token_ids))}",
         f"built     {m.provenance.created} with edgeslm {m.provenance.edgeslm_version} "
         f"in {m.provenance.duration_s:.0f} s",
-        "artifacts",
+        f"source    {len(m.model.source_files)} checkpoint file(s) by sha256"
+        + (f", {m.model.hub_id}" if m.model.hub_id else ""),
     ]
+    for sig in signatures or []:
+        lines.append(f"signed    by {sig['signer']} ({sig['key_id']}) at {sig['signed_at']}: {sig['state']}")
+    if signatures is not None and not signatures:
+        lines.append("signed    no (unsigned bundle)")
+    lines.append("artifacts")
     for a in m.artifacts:
         size = sum(f.size for f in a.files)
         q = a.quantization

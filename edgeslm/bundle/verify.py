@@ -1,4 +1,5 @@
-"""Recompute every checksum of a bundle and compare with its manifest."""
+"""Recompute every checksum of a bundle and compare with its manifest; with trusted keys, check the
+manifest's signature first (``signatures.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from ..errors import VerificationError
 from .checksums import sha256_file
 from .manifest import MANIFEST_NAME, Manifest, read_manifest
+from .signatures import SIGNATURE_NAME, SIGNED_MANIFEST_NAME, SignatureCheck, check_folder
+from .signing_keys import PublicKey
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class VerifyReport:
     checked_files: int = 0
     checked_bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    signature: SignatureCheck | None = None  # set when trusted keys were given (and one of them signed)
 
     @property
     def ok(self) -> bool:
@@ -44,11 +48,15 @@ class VerifyReport:
 
 
 def verify_bundle(folder: Path, progress: Callable[[int], None] | None = None,
-                  artifact_ids: list[str] | None = None) -> VerifyReport:
-    """Check every file listed in the manifest (or only the shared files and the given artifacts)."""
+                  artifact_ids: list[str] | None = None, trusted: dict[str, PublicKey] | None = None) -> VerifyReport:
+    """Check every file listed in the manifest (or only the shared files and the given artifacts). With
+    ``trusted`` keys, first the signature: SignatureError (no signature, unknown key, bad or stale
+    signature) before any checksum is computed."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     report = VerifyReport(folder, manifest)
+    if trusted is not None:
+        report.signature = check_folder(folder, trusted)
     if artifact_ids is None:
         entries = manifest.all_files()
     else:
@@ -70,7 +78,7 @@ def verify_bundle(folder: Path, progress: Callable[[int], None] | None = None,
         if digest != entry.sha256:
             report.problems.append(Problem(entry.path, "altered", f"sha256 {digest[:12]}…, manifest {entry.sha256[:12]}…"))
     if artifact_ids is None:
-        listed = {e.path for e in manifest.all_files()} | {MANIFEST_NAME}
+        listed = {e.path for e in manifest.all_files()} | {MANIFEST_NAME, SIGNATURE_NAME, SIGNED_MANIFEST_NAME}
         for extra in sorted(_walk(folder) - listed):
             report.problems.append(Problem(extra, "extra", "on disk, not in the manifest"))
     return report

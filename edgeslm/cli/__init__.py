@@ -21,6 +21,8 @@ COMMANDS = {
     "inspect": ("edgeslm.cli.bundle_cmds:inspect", "Summarize a bundle (or .tar)."),
     "verify": ("edgeslm.cli.bundle_cmds:verify", "Recompute every checksum of a bundle."),
     "pack": ("edgeslm.cli.bundle_cmds:pack", "Pack a bundle folder into one .tar file."),
+    "keygen": ("edgeslm.cli.signing_cmds:keygen", "Create an Ed25519 signing key and its public key."),
+    "sign": ("edgeslm.cli.signing_cmds:sign", "Sign a bundle's manifest with a private key."),
     "run": ("edgeslm.cli.run_cmds:run", "Answer one prompt with the artifact that matches this host."),
     "chat": ("edgeslm.cli.run_cmds:chat", "Chat interactively (/reset, /exit, Ctrl-D)."),
     "bench": ("edgeslm.cli.bench_cmd:bench", "Measure time to first token and decode speed on this device."),

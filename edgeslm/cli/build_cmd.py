@@ -59,10 +59,16 @@ def _backend_overrides(values: dict) -> tuple[str, ...]:
 @click.option("--calibration-text", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Text for data-aware quantization (activation ranges, AWQ, scale estimation, GPTQ) "
                    "[default: the --eval-text after its windows, else edgeslm's built-in calibration text].")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Sign the bundle's manifest with this private key (edgeslm keygen) before it is moved into place.")
+@click.option("--signer", default=None, help="Name recorded with the signature [default: the key's name].")
+@click.option("--passphrase-env", metavar="NAME", default=None,
+              help="Environment variable holding the signing key's passphrase (else asked in a terminal).")
 @backend_build_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_windows, eval_window_tokens,
-          vision_eval, no_eval, allow_quality_loss, calibration_text, as_json, **backend_options) -> None:
+          vision_eval, no_eval, allow_quality_loss, calibration_text, sign_key, signer, passphrase_env, as_json,
+          **backend_options) -> None:
     """Quantize and export a checkpoint into one bundle for the given targets."""
     from ..builder.measured_quality import QualityRequest
     from ..builder.pipeline import BuildRequest, build_bundle
@@ -76,8 +82,13 @@ def build(targets, model, out, force, pack, recipe, overrides, eval_text, eval_w
         raise click.UsageError("--no-eval cannot be combined with --vision-eval")
     quality = QualityRequest(eval_text, eval_windows, eval_window_tokens, allow_quality_loss, no_eval, vision_eval)
     overrides = (*overrides, *_backend_overrides(backend_options))
+    key = None
+    if sign_key is not None:  # read (and unlock) the key now: a wrong passphrase must not fail a long build
+        from .signing_cmds import load_key
+
+        key = load_key(sign_key, passphrase_env)
     request = BuildRequest(tuple(targets), model, out, force, pack, recipe, tuple(overrides), quality,
-                           calibration_text)
+                           calibration_text, key, signer)
     with RichProgress(quiet=as_json) as progress:
         result = build_bundle(request, progress)
     for warning in result.manifest.warnings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 selection_options = [
@@ -10,6 +12,15 @@ selection_options = [
                  help="Only consider artifacts that run on this kind of device."),
     click.option("--context", type=int, default=None,
                  help="Total context tokens (prompt + output) [default: from the manifest and the free RAM]."),
+]
+
+remote_options = [
+    click.option("--allow-remote", is_flag=True,
+                 help="Let the cloud fallback named in remote.toml answer when no local artifact can "
+                      "(or image prompts for a text-only one). Off unless remote.toml says allow = true."),
+    click.option("--remote-config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                 envvar="EDGESLM_REMOTE_CONFIG",
+                 help="The remote.toml to use [default: beside the bundle, else the user config folder]."),
 ]
 
 generation_options = [
@@ -36,3 +47,17 @@ def apply(options):
 def generation_kwargs(max_new_tokens, temperature, top_p, top_k, seed) -> dict:
     return {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "seed": seed}
+
+
+def echo_remote(llm) -> None:
+    """When the cloud fallback answers (everything, or image prompts), one stderr line says so: never silently."""
+    note = getattr(llm, "remote_note", "")
+    if note:
+        click.echo(f"edgeslm: notice: {note}", err=True)
+
+
+def echo_trust(llm) -> None:
+    """The trust notice (an unsigned bundle on a device without a policy) as one stderr line."""
+    trust = getattr(llm, "trust", None)
+    if trust is not None and trust.notice:
+        click.echo(f"edgeslm: notice: {trust.notice}", err=True)

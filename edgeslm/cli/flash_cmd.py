@@ -26,9 +26,12 @@ from .output import human_bytes
 @click.option("--dry-run", is_flag=True, help="Show what would be copied; change nothing.")
 @click.option("--rollback", is_flag=True, help="Switch the device back to its previous version.")
 @click.option("--verify", "verify_only", is_flag=True, help="Verify the device's active bundle; copy nothing.")
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path, exists=True),
+              help="Public key (or folder of .pub files) to install as the device's trust policy; from then on "
+                   "the device takes only bundles signed by a trusted key.")
 @click.option("--json", "as_json", is_flag=True)
 def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_host_key_check, jobs, parallel,
-          limit_rate, keep, dry_run, rollback, verify_only, as_json) -> None:
+          limit_rate, keep, dry_run, rollback, verify_only, trust, as_json) -> None:
     """Copy BUNDLE to a device (or a fleet), verify it there, and switch to it atomically."""
     from ..errors import FleetFlashError, UsageError
     from ..flash.flasher import FlashOptions, flash_bundle, verify_device
@@ -36,7 +39,7 @@ def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_ho
     from .rich_progress import RichProgress
 
     options = FlashOptions(target, identity, known_hosts, not insecure_no_host_key_check, jobs, dry_run, keep,
-                           limit_rate)
+                           limit_rate, tuple(trust))
     if inventory is not None:
         if bundle is None:
             raise UsageError("--inventory needs a BUNDLE")
@@ -71,6 +74,10 @@ def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_ho
     click.echo(f"{report.action}: {report.version} on {report.destination}: sent {report.sent_files} file(s), "
                f"{human_bytes(report.sent_bytes)} (resumed {report.resumed_files}, reused {report.reused_files} "
                f"on the device, kept {report.kept_files}); {report.verified_files} files verified on the device")
+    if report.signed_by:
+        click.echo(f"trusted signature: {', '.join(report.signed_by)}")
+    if report.trust_changes:
+        click.echo(f"device trust policy: {' '.join(report.trust_changes)}")
     if report.pruned:
         click.echo(f"removed old versions: {', '.join(report.pruned)}")
     if report.doctor:

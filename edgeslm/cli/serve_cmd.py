@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .device_options import apply, selection_options
+from .device_options import apply, echo_remote, echo_trust, remote_options, selection_options
 
 
 @click.command()
@@ -28,14 +28,18 @@ from .device_options import apply, selection_options
               show_default=True)
 @click.option("--threads", type=int, default=None, help="CPU threads [default: the host's physical cores].")
 @apply(selection_options)
+@apply(remote_options)
 def serve(bundle, host, port, api_key, max_queue, max_body_bytes, allow_remote_images, default_max_tokens, log_level,
-          threads, artifact, device, context) -> None:
+          threads, artifact, device, context, allow_remote, remote_config) -> None:
     """Serve BUNDLE with an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health)."""
     from ..serve.run_server import ServeOptions, serve_bundle
 
     def ready(url: str, llm) -> None:
+        echo_trust(llm)
+        echo_remote(llm)
         click.echo(f"edgeslm serve: {llm.candidate.summary}", err=True)
         click.echo(f"edgeslm serve: model '{llm.manifest.model.name}' on {url}/v1 (pid {os.getpid()})", err=True)
 
     serve_bundle(bundle, ServeOptions(host, port, api_key, max_queue, max_body_bytes, default_max_tokens, log_level,
-                                      artifact, device, context, threads, allow_remote_images), on_ready=ready)
+                                      artifact, device, context, threads, allow_remote_images,
+                                      allow_remote=allow_remote, remote_config=remote_config), on_ready=ready)

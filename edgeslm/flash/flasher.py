@@ -19,11 +19,13 @@ from pathlib import Path
 
 from ..bundle.manifest import Manifest, manifest_from_json
 from ..bundle.pack import OpenedBundle
+from ..bundle.signatures import SIGNATURE_NAME, SIGNED_MANIFEST_NAME, check_signatures
 from ..bundle.verify import verify_bundle
 from ..errors import DiskSpaceError, UsageError, VerificationError
 from ..progress import NullProgress, Progress
 from .destination import Destination, parse_destination
 from .device_layout import Layout, activate, active_version, previous_version, prune
+from .device_trust import apply_updates, check_texts, device_keys, install_policy, planned_keys, policy_to_apply
 from .rate_limit import RateLimiter, parse_rate
 from .transport import Transport
 
@@ -38,6 +40,7 @@ class FlashOptions:
     dry_run: bool = False
     keep_previous: int = 2
     limit_rate: str | None = None
+    trust: tuple[Path, ...] = ()  # public keys to install as the device's trust policy (flash --trust)
 
 
 @dataclass
@@ -55,6 +58,8 @@ class FlashReport:
     pruned: list[str] = field(default_factory=list)
     doctor: str | None = None
     plan: list[dict] = field(default_factory=list)
+    signed_by: list[str] = field(default_factory=list)  # accepted signatures, under the device's trust policy
+    trust_changes: list[str] = field(default_factory=list)  # +key / -key applied to the device's policy
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -90,10 +95,7 @@ def select_for_target(manifest: Manifest, target: str | None) -> tuple[Manifest,
     if name not in manifest.targets:
         raise UsageError(f"the bundle was not built for target '{target}'",
                          hint=f"its targets: {', '.join(manifest.targets)}")
-    wanted = manifest.targets[name].artifacts
-    subset = dataclasses.replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.id in wanted),
-                                 targets={name: manifest.targets[name]})
-    return subset, f"{manifest.bundle_id}-{name}"
+    return manifest.for_target(name), f"{manifest.bundle_id}-{name}"
 
 
 def flash_bundle(bundle: Path, destination: str, options: FlashOptions, progress: Progress | None = None) -> FlashReport:
@@ -107,22 +109,47 @@ def flash_bundle(bundle: Path, destination: str, options: FlashOptions, progress
             report = verify_bundle(opened.folder)
         report.raise_for_problems()  # never flash a tampered bundle
         manifest, version = select_for_target(report.manifest, options.target)
+        texts = _manifest_texts(opened.folder, manifest, options.target is not None)
         transport = open_transport(dest, options)
         try:
             result = _flash(transport, Layout(dest.path), opened.folder, manifest, version, options, progress,
-                            str(dest))
+                            str(dest), texts)
         finally:
             transport.close()
     result.seconds = round(time.monotonic() - started, 2)
     return result
 
 
+def _manifest_texts(folder: Path, manifest: Manifest, subset: bool) -> dict[str, str]:
+    """The manifest files a flash writes: ``manifest.json`` (one target's subset with ``--target``), and
+    for a signed bundle ``manifest.sig`` (+ the signed full manifest as ``signed-manifest.json`` when a
+    subset is installed). Written last, in this order, so a staged folder with a manifest is complete."""
+    sig = folder / SIGNATURE_NAME
+    if not sig.is_file():
+        return {"manifest.json": manifest.dumps()}
+    original = (folder / "manifest.json").read_text(encoding="utf-8")
+    texts = {SIGNATURE_NAME: sig.read_text(encoding="utf-8")}
+    if subset:
+        texts[SIGNED_MANIFEST_NAME] = original
+    texts["manifest.json"] = manifest.dumps() if subset else original
+    return texts
+
+
 def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, version: str, options: FlashOptions,
-           progress: Progress, label: str) -> FlashReport:
-    manifest_text = manifest.dumps()
+           progress: Progress, label: str, texts: dict[str, str]) -> FlashReport:
     entries = [(f.path, f.size, f.sha256) for f in manifest.all_files()]
-    entries.append(("manifest.json", len(manifest_text.encode()), hashlib.sha256(manifest_text.encode()).hexdigest()))
+    entries += [(name, len(text.encode()), hashlib.sha256(text.encode()).hexdigest()) for name, text in texts.items()]
     report = FlashReport(label, version, "flashed", files=len(entries))
+    keys, fresh = policy_to_apply(t, layout, options.trust, label)
+    new_keys = None
+    if keys:  # the device's policy decides, before anything is sent or switched
+        check = check_signatures(texts["manifest.json"], texts.get(SIGNATURE_NAME), texts.get(SIGNED_MANIFEST_NAME),
+                                 keys, label)
+        report.signed_by = [f"{s.signer} ({s.key_id})" for s in check.accepted]
+        new_keys = planned_keys(keys, check)
+        if fresh and not options.dry_run:
+            install_policy(t, layout, keys)
+            report.trust_changes = [f"+{k}" for k in keys]
     current = active_version(t, layout)
     installed = t.listdir(layout.versions)
     if version in installed and not options.dry_run:
@@ -132,6 +159,8 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
         else:
             activate(t, layout, version, manifest.bundle_id, "flash")
             report.action = "activated"
+        if new_keys is not None:
+            report.trust_changes += apply_updates(t, layout, keys, new_keys)
         report.doctor = t.remote_doctor(layout.current_link)
         return report
     reuse = _reusable_files(t, layout, installed)
@@ -143,9 +172,9 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
         part = t.size(remote + ".part") if t.resumable_bytes else None
         if have == size:
             plan.append({"path": path, "action": "keep", "bytes": 0})
-        elif part is not None and part <= size and path != "manifest.json":
+        elif part is not None and part <= size and path not in texts:
             plan.append({"path": path, "action": "resume", "offset": part, "bytes": size - part})
-        elif digest in reuse and path != "manifest.json":
+        elif digest in reuse and path not in texts:
             plan.append({"path": path, "action": "reuse", "source": reuse[digest], "bytes": 0})
         else:
             plan.append({"path": path, "action": "send", "bytes": size})
@@ -161,9 +190,10 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
                              hint="free space (older versions: [[keep]] 0) and run again; nothing was switched")
     with progress.task(f"{label}: sending", total=needed) as advance:
         with ThreadPoolExecutor(max_workers=options.jobs) as pool:
-            list(pool.map(lambda item: _transfer(t, local, staged, item, manifest_text, report, advance),
-                          [p for p in plan if p["path"] != "manifest.json"]))
-    t.write_text(f"{staged}/manifest.json", manifest_text)  # last: a staged folder with a manifest is complete
+            list(pool.map(lambda item: _transfer(t, local, staged, item, report, advance),
+                          [p for p in plan if p["path"] not in texts]))
+    for name, text in texts.items():  # manifest.json last: a staged folder with a manifest is complete
+        t.write_text(f"{staged}/{name}", text)
     with progress.task(f"{label}: verifying on the device"):
         _verify_remote(t, staged, entries, report, "staged", remove_bad=True)
     t.makedirs(layout.versions)
@@ -173,13 +203,14 @@ def _flash(t: Transport, layout: Layout, local: Path, manifest: Manifest, versio
     activate(t, layout, version, manifest.bundle_id, "flash")
     with progress.task(f"{label}: verifying the active bundle"):
         _verify_remote(t, layout.version(version), entries, report, "active")
+    if new_keys is not None:
+        report.trust_changes += apply_updates(t, layout, keys, new_keys)
     report.doctor = t.remote_doctor(layout.current_link)
     report.pruned = prune(t, layout, options.keep_previous)
     return report
 
 
-def _transfer(t: Transport, local: Path, staged: str, item: dict, manifest_text: str, report: FlashReport,
-              advance) -> None:
+def _transfer(t: Transport, local: Path, staged: str, item: dict, report: FlashReport, advance) -> None:
     remote = f"{staged}/{item['path']}"
     parent = remote.rsplit("/", 1)[0]
     t.makedirs(parent)
@@ -244,6 +275,10 @@ def _installed_version(destination: str, options: FlashOptions, action: str) -> 
             missing = "no previous version to roll back to" if rolling_back else "no bundle has been flashed there"
             raise UsageError(f"{dest}: {missing}")
         report = FlashReport(str(dest), version, action)
+        keys = device_keys(t, layout)
+        if keys:  # never switch back to (or vouch for) a version the device's policy does not trust
+            check = check_texts(t, layout.version(version), keys, f"{dest}: version {version}")
+            report.signed_by = [f"{s.signer} ({s.key_id})" for s in check.accepted]
         manifest = _verify_installed(t, layout, version, report)
         if rolling_back:
             activate(t, layout, version, manifest.bundle_id, "rollback")

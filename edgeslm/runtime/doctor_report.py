@@ -9,11 +9,14 @@ from typing import Any
 from ..bundle.manifest import read_manifest
 from ..bundle.pack import OpenedBundle
 from .host_probe import HostProfile, probe_host
+from .remote_fallback import remote_lines, remote_report
 from .selection import rank_artifacts
 
 
 def doctor_report(bundle: Path | None, artifact: str | None = None, device: str | None = None,
-                  context: int | None = None, host: HostProfile | None = None) -> dict[str, Any]:
+                  context: int | None = None, host: HostProfile | None = None, allow_remote: bool = False,
+                  remote_config: str | Path | None = None) -> dict[str, Any]:
+    """``report["remote"]``: the cloud fallback a remote.toml names, if any, and whether it would answer."""
     host = host or probe_host()
     from ..registry import backends, load_problems
 
@@ -21,6 +24,7 @@ def doctor_report(bundle: Path | None, artifact: str | None = None, device: str 
                               "backends": {name: b.distribution for name, b in backends().items()},
                               "backend_problems": list(load_problems())}
     if bundle is None:
+        report["remote"] = remote_report(None, None, allow_remote, remote_config)
         return report
     with OpenedBundle(Path(bundle)) as opened:
         manifest = read_manifest(opened.folder)
@@ -37,6 +41,7 @@ def doctor_report(bundle: Path | None, artifact: str | None = None, device: str 
         report["artifacts"].append({"id": rej.artifact_id, "status": "rejected", "reason": rej.reason})
     if selection.ranked:
         report["chosen"] = selection.ranked[0].artifact.id
+    report["remote"] = remote_report(Path(bundle), selection, allow_remote, remote_config)
     return report
 
 
@@ -66,4 +71,5 @@ def format_report(report: dict[str, Any], human_bytes: Callable[[float], str]) -
                              f"{art['max_prompt_tokens']:,} tokens")
         if report["chosen"] is None:
             lines.append("  no artifact of this bundle can run on this host")
+    lines += remote_lines(report.get("remote"))
     return "\n".join(lines)

@@ -58,7 +58,8 @@ class GenerationResult:
     decode_tokens_per_s: float
     total_s: float
     artifact_id: str
-    device: str
+    device: str  # cpu | gpu | npu, or remote (the cloud fallback answered)
+    model: str = ""  # the remote model that answered ("" when a local artifact of the bundle did)
 
 
 class Engine(Protocol):

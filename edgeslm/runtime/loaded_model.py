@@ -20,11 +20,14 @@ from typing import Any
 
 from ..bundle.manifest import Manifest, read_manifest
 from ..bundle.pack import OpenedBundle
+from ..bundle.trust_policy import TrustStatus, enforce
+from ..errors import UsageError
 from ..registry import backend_of
 from .chat_template import ChatTemplate
 from .generation import GenerationOptions, GenerationResult, Usage
 from .host_probe import HostProfile, probe_host
 from .prompt_inputs import PreparedPrompt, check_length, prepare_prompt
+from .remote_fallback import choose_remote
 from .selection import Candidate, Selection, rank_artifacts
 from .stop_text import StopScanner
 from .verified_files import verify_before_load
@@ -57,6 +60,7 @@ class LLM:
         self.allow_remote_images = False  # http(s) image URLs (the server enables them with a flag)
         self.allow_image_files = True  # local paths / file:// URLs (the server turns them off)
         self.num_crops: int | None = None  # crops per image instead of the artifact's (vision bundles)
+        self.trust: TrustStatus | None = None  # who signed the bundle, under which policy (load sets it)
 
     @property
     def context_tokens(self) -> int:
@@ -168,9 +172,16 @@ class LLM:
 
 def load(bundle: str | Path, artifact: str | None = None, device: str | None = None, context: int | None = None,
          verify: str = "fast", host: HostProfile | None = None, threads: int | None = None,
-         num_crops: int | None = None) -> LLM:
+         num_crops: int | None = None, trust_dir: str | Path | None = None, allow_remote: bool = False,
+         remote_config: str | Path | None = None) -> LLM:
     """Open a bundle (folder or .tar), pick the artifact for this host, verify it and load its engine.
-    ``num_crops`` (vision bundles): at most this many 336-px crops per image instead of the artifact's."""
+    ``num_crops`` (vision bundles): at most this many 336-px crops per image instead of the artifact's.
+    Under a trust policy (``trust_dir``, $EDGESLM_TRUST_DIR, the flash layout's ``trust/`` or
+    /etc/edgeslm/trust: ``bundle/trust_policy.py``) a bundle no trusted key signed is refused before
+    anything is loaded; ``llm.trust`` says who signed it, or holds the notice for an unsigned bundle.
+    A cloud fallback named by a ``remote.toml`` answers only when no artifact can run here (or, for a
+    text-only artifact, prompts with images), and only with ``allow_remote`` or its ``allow = true``
+    (``runtime/remote_fallback.py``); it returns an object with this API whose answers say ``remote``."""
     if num_crops is not None:
         from ..vision.phi3v_processor import check_num_crops
 
@@ -178,15 +189,26 @@ def load(bundle: str | Path, artifact: str | None = None, device: str | None = N
     opened = OpenedBundle(Path(bundle))
     try:
         manifest = read_manifest(opened.folder)
+        trust = enforce(opened.folder, opened.source, Path(trust_dir) if trust_dir is not None else None)
+        if trust.policy is not None and verify == "off":
+            raise UsageError("verify='off' is refused under a trust policy: the signature covers the checksums",
+                             hint=f"the policy is {trust.policy}")
         host = host or probe_host()
         selection = rank_artifacts(manifest, host, artifact_id=artifact, device=device, context=context)
-        chosen = selection.chosen
+        remote = choose_remote(Path(bundle), selection, allow_remote, remote_config)
+        if remote.serves_everything:
+            fallback = remote.open(manifest, selection, host)
+            fallback.trust = trust
+            opened.close()
+            return fallback
+        chosen = remote.local_choice(selection)
         verify_before_load(opened.folder, manifest, chosen.artifact.id, verify)
         open_engine = backend_of(chosen.spec).open_engine()
         engine = open_engine(opened.folder / chosen.artifact.path, chosen, host, manifest, threads=threads)
         llm = LLM(opened, manifest, selection, engine)
         llm.num_crops = num_crops
-        return llm
+        llm.trust = trust
+        return remote.wrap(llm)
     except BaseException:
         opened.close()
         raise

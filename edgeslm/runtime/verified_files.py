@@ -1,8 +1,9 @@
 """Verify an artifact's files before loading it, fast on the second load.
 
-The first load hashes every file; the (size, mtime, inode) of files that matched are remembered in
+The first load hashes every file; the (size, mtime, ctime, inode) of files that matched are remembered in
 the user cache (``~/.cache/edgeslm/verified/<bundle_id>.json``), so later loads only re-hash files
-that changed on disk. ``mode="full"`` always re-hashes; ``mode="off"`` skips (not recommended).
+that changed on disk (size, mtime, ctime or inode: rewriting a file in place and setting its mtime back
+still changes its ctime). ``mode="full"`` always re-hashes; ``mode="off"`` skips (not recommended).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def verify_before_load(folder: Path, manifest: Manifest, artifact_id: str, mode:
             raise VerificationError(f"{entry.path} is missing from the bundle",
                                     hint="re-copy the bundle (edgeslm flash verifies on the device)") from None
         key = str(path.resolve())
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino, entry.sha256]
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, entry.sha256]  # ctime: no one can set it back
         if st.st_size != entry.size:
             raise VerificationError(f"{entry.path} has {st.st_size} bytes, the manifest says {entry.size}: "
                                     "refusing to load", hint="re-copy or rebuild the bundle")

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import EdgeslmError
+from ..errors import EdgeslmError, RemoteError
 from ..runtime.generation import ContextLengthError
 from .admission import Admission
 from .request_schema import ApiError, ChatRequest, parse_chat_request
@@ -63,9 +63,10 @@ def create_app(state: ServerState) -> Starlette:
             raise
         queue: asyncio.Queue = asyncio.Queue()
         worker = _start_worker(state, stream, cancel, started, queue)  # releases the slot when it ends
+        answered = _answered_by(state, stream)
         if chat.stream:
-            return EventStream(_sse(state, chat, queue), on_close=lambda: worker.done() or cancel.set())
-        return await _complete(request, state, queue, worker, cancel)
+            return EventStream(_sse(state, chat, queue, answered), on_close=lambda: worker.done() or cancel.set())
+        return await _complete(request, state, queue, worker, cancel, answered)
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -106,6 +107,8 @@ def _open_stream(state: ServerState, chat: ChatRequest) -> Any:
         return llm.stream(chat.messages, prepared=prepared, max_new_tokens=max_new, **chat.options)
     except ContextLengthError as exc:
         raise ApiError(400, exc.message, param="messages", code="context_length_exceeded") from None
+    except RemoteError as exc:  # the cloud fallback failed (its key never appears in the message)
+        raise ApiError(502, exc.message, type_="server_error", code="remote_error") from None
     except EdgeslmError as exc:
         param = getattr(exc, "param", None)
         raise ApiError(400, exc.message, param=param, code="invalid_image" if param else None) from None
@@ -141,8 +144,16 @@ def _pump(stream: Any, cancel: threading.Event, loop: asyncio.AbstractEventLoop,
         loop.call_soon_threadsafe(queue.put_nowait, ("done", stream.result))
 
 
+def _answered_by(state: ServerState, stream: Any) -> tuple[str, str]:
+    """An answer's ``model`` and ``system_fingerprint``: the remote model for the cloud fallback (a
+    ``RemoteStream``), else the bundle's model and the local artifact that answers."""
+    if getattr(stream, "system_fingerprint", None):
+        return stream.model, stream.system_fingerprint
+    return state.model_id, f"edgeslm-local:{state.llm.candidate.artifact.id}"
+
+
 async def _complete(request: Request, state: ServerState, queue: asyncio.Queue, worker: asyncio.Future,
-                    cancel: threading.Event) -> Response:
+                    cancel: threading.Event, answered: tuple[str, str]) -> Response:
     while not worker.done():
         done, _ = await asyncio.wait({worker}, timeout=0.25)
         if not done and await request.is_disconnected():
@@ -158,18 +169,19 @@ async def _complete(request: Request, state: ServerState, queue: asyncio.Queue, 
             result = value
     return JSONResponse({
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-        "model": state.model_id,
+        "model": answered[0], "system_fingerprint": answered[1],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                      "finish_reason": _finish(result.finish_reason)}],
         "usage": _usage(result)})
 
 
-async def _sse(state: ServerState, chat: ChatRequest, queue: asyncio.Queue) -> AsyncIterator[str]:
+async def _sse(state: ServerState, chat: ChatRequest, queue: asyncio.Queue,
+               answered: tuple[str, str]) -> AsyncIterator[str]:
     chunk_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
         body: dict[str, Any] = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                                "model": state.model_id,
+                                "model": answered[0], "system_fingerprint": answered[1],
                                 "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
         if usage:
             body["usage"] = usage

@@ -23,6 +23,8 @@ class ServeOptions:
     context: int | None = None
     threads: int | None = None
     allow_remote_images: bool = False  # fetch http(s) image URLs; off: only data: URLs
+    allow_remote: bool = False  # the cloud fallback of remote.toml may answer (docs/remote.md)
+    remote_config: Path | None = None  # that remote.toml [default: beside the bundle, else the user config folder]
 
 
 def serve_bundle(bundle: Path, options: ServeOptions, on_ready: Callable[[str, object], None] | None = None) -> None:
@@ -41,7 +43,7 @@ def serve_bundle(bundle: Path, options: ServeOptions, on_ready: Callable[[str, o
     from ..runtime.loaded_model import load
 
     with load(bundle, artifact=options.artifact, device=options.device, context=options.context,
-              threads=options.threads) as llm:
+              threads=options.threads, allow_remote=options.allow_remote, remote_config=options.remote_config) as llm:
         llm.allow_image_files = False  # a client never names files on the server
         llm.allow_remote_images = options.allow_remote_images
         body_limit = options.max_body_bytes or ((20 << 20) if llm.takes_images else (1 << 20))

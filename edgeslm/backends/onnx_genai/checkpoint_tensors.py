@@ -124,6 +124,20 @@ class CheckpointTensors:
         picked = [self._read(entry, stored, entry.shape[1], int(row) * width) for row in np.asarray(rows).reshape(-1)]
         return _widen(np.stack(picked) if picked else np.zeros((0, entry.shape[1]), dtype=stored))
 
+    def fp32_row_range(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of a 2-D tensor in one read (a writer streaming a large table in slices)."""
+        entry = self._entry(name)
+        stored = _STORED.get(entry.dtype)
+        if stored is None or len(entry.shape) != 2:
+            self.check_dtypes([name])
+            raise BuildError(f"tensor '{name}' is not a 2-D table")
+        cols = entry.shape[1]
+        values = _widen(self._read(entry, stored, (stop - start) * cols, start * cols * np.dtype(stored).itemsize))
+        if not np.isfinite(values).all():
+            raise BuildError(f"{entry.file.name}: tensor '{name}' holds NaN or infinite values",
+                             hint="the checkpoint is corrupt; download it again")
+        return values.reshape(stop - start, cols)
+
     def _entry(self, name: str) -> TensorEntry:
         entry = self.entries.get(name)
         if entry is None:
