@@ -194,3 +194,22 @@ class RemoteInputError(UsageError):
     def __init__(self, message: str, hint: str | None = None, param: str | None = None):
         super().__init__(message, hint)
         self.param = param
+
+
+class RegistryError(EdgeslmError):
+    """An OCI registry push or pull failed: registry down, TLS, an unexpected answer, a blob whose digest
+    does not match."""
+
+    exit_code = 21
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (401/403), or needs some and none were found."""
+
+    exit_code = 22
+
+
+class RegistryNotFoundError(RegistryError):
+    """The registry has no such repository, tag or digest."""
+
+    exit_code = 23

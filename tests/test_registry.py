@@ -65,10 +65,10 @@ def test_builtin_backends_declare_every_format_and_import_no_engine():
     code = ("import sys; from edgeslm import registry; "
             "print(sorted(registry.formats())); print([b.name for b in registry.backends().values()]); "
             "heavy = [m for m in ('onnxruntime_genai', 'openvino', 'openvino_genai', 'mlx', 'onnxruntime', 'torch', 'llama_cpp', 'gguf', "
-            "'transformers', 'numpy') if m in sys.modules]; print(heavy)")
+            "'transformers', 'numpy', 'httpx') if m in sys.modules]; print(heavy)")
     out = _python(code, {}).stdout.splitlines()
     assert out[0] == str(sorted(["onnx-int4-cpu", "onnx-int4-cuda", "openvino-int4", "mlx", "qnn-context", "gguf"]))
-    assert out[1] == str(["onnx_genai", "openvino", "mlx", "qnn", "gguf"])
+    assert out[1] == str(["onnx_genai", "openvino", "mlx", "qnn", "gguf", "remote"])  # remote: no format (the cloud)
     assert out[2] == "[]"  # declarations are standard library only
 
 

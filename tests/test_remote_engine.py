@@ -9,6 +9,7 @@ The key is ``remote_standin.KEY``; every error and log is checked not to contain
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import socket
 import time
@@ -17,6 +18,7 @@ import pytest
 from conftest import FIXTURES
 from remote_standin import KEY, StandIn, completion, hang, open_remote, sse, status, write_remote_toml
 
+import edgeslm
 from edgeslm.backends.remote.presets import resolve_endpoint
 from edgeslm.backends.remote.settings import find_remote_config, load_remote_config
 from edgeslm.errors import ConfigError, RemoteAuthError, RemoteError, RemoteInputError, RemoteNotFoundError
@@ -258,7 +260,6 @@ def test_remote_toml_is_found_beside_the_bundle_then_in_the_user_config_folder(t
 
 @pytest.mark.slow
 def test_edgeslm_serve_is_an_openai_compatible_upstream(built_bundle, tmp_path, monkeypatch):
-    import edgeslm
     from test_serve import Server
 
     upstream_key = "upstream-key-4b8e2d9c0a"
@@ -285,8 +286,6 @@ def test_edgeslm_serve_is_an_openai_compatible_upstream(built_bundle, tmp_path, 
                                   model="gpt-4", api_key_env="UPSTREAM_KEY")
         with open_remote(other) as wrong_model, pytest.raises(RemoteNotFoundError, match="does not exist"):
             wrong_model.chat(ASK)
-        import json
-
         headers = {"Authorization": f"Bearer {upstream_key}", "Content-Type": "application/json"}
         _, _, body = server.request("POST", "/v1/chat/completions", json.dumps(
             {"model": "phi3-docs-21m", "messages": ASK, "max_tokens": 4}).encode(), headers)

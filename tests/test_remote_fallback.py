@@ -110,8 +110,9 @@ def test_an_explicit_remote_config_and_the_user_config_folder(nofit, standin, tm
     elsewhere = write_remote_toml(tmp_path / "etc", preset="openai-compatible", base_url=standin.url + "/v1",
                                   model=MODELS[0], api_key_env="REMOTE_KEY")
     assert invoke("run", nofit, "Hi", "--allow-remote", "--remote-config", elsewhere).exit_code == 0
-    shutil.copy(elsewhere, tmp_path / "user-config" / "edgeslm" / "remote.toml") if (
-        tmp_path / "user-config" / "edgeslm").mkdir(parents=True) is None else None
+    user = tmp_path / "user-config" / "edgeslm"  # $XDG_CONFIG_HOME/edgeslm
+    user.mkdir(parents=True)
+    shutil.copy(elsewhere, user / "remote.toml")
     assert invoke("run", nofit, "Hi", "--allow-remote").exit_code == 0
     assert len(standin.seen) == 2
 
@@ -185,6 +186,31 @@ def test_doctor_shows_the_remote_candidate_and_the_reason(nofit, fits, standin):
     images = json.loads(invoke("doctor", fits, "--allow-remote", "--json").stdout)["remote"]
     assert images["status"] == "images" and "only prompts with images go to the remote" in images["reason"]
     assert standin.seen == []  # doctor never calls the service
+
+
+@pytest.mark.slow
+def test_serve_routes_only_image_prompts_of_a_text_only_bundle_to_the_remote(fits, standin):
+    import openai
+    from test_serve import Server
+
+    server = Server(fits, "--allow-remote", "--remote-config", str(configure(fits, standin)))
+    try:
+        assert server.health()["device"] == "cpu"
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        text = client.chat.completions.create(model="phi3-docs-21m", max_tokens=4,
+                                              messages=[{"role": "user", "content": "What does os.getcwd() do?"}])
+        assert (text.model, text.system_fingerprint) == ("phi3-docs-21m", "edgeslm-local:onnx-int4-cpu")
+        url = "data:image/png;base64," + base64.b64encode(SHAPES.read_bytes()).decode()
+        image = client.chat.completions.create(model="phi3-docs-21m", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is shown?"}]}])
+        assert (image.model, image.system_fingerprint) == (MODELS[1], "edgeslm-remote:openai-compatible")
+        assert len(standin.seen) == 1 and standin.seen[0].body["messages"][0]["content"][0]["image_url"]["url"] == url
+        with pytest.raises(openai.BadRequestError) as info:  # the server never reads its own files for a client
+            client.chat.completions.create(model="phi3-docs-21m", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": str(SHAPES)}}]}])
+        assert info.value.body["param"] == "messages[0].content[0]" and len(standin.seen) == 1
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow

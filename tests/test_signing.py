@@ -122,6 +122,8 @@ def test_the_rewritten_manifest_attack_is_refused_by_verify_flash_and_run(signed
     assert not (dest / "versions").exists() and not (dest / "CURRENT").exists()  # nothing was sent or switched
     policy = {"EDGESLM_TRUST_DIR": str(keys["release"].parent)}
     assert_clean_error(run_cli("run", str(signed_copy), PROMPT, "-n", "4", env=policy), "over another manifest")
+    assert_clean_error(run_cli("serve", str(signed_copy), "--port", "0", env=policy, timeout=120),
+                       "over another manifest")  # refused at load, before the server starts
 
 
 def test_unknown_key_removed_and_truncated_signatures(bundle_copy, keys, tmp_path):

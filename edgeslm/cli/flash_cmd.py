@@ -11,7 +11,7 @@ from .output import human_bytes
 
 
 @click.command()
-@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.argument("bundle", required=False, metavar="BUNDLE|oci://HOST/REPO:TAG")
 @click.option("--to", "dest", default=None, help="ssh://user@host[:port]/path, adb://[SERIAL]/path, or a folder.")
 @click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="TOML file of hosts to flash in parallel.")
@@ -29,20 +29,27 @@ from .output import human_bytes
 @click.option("--trust", multiple=True, type=click.Path(path_type=Path, exists=True),
               help="Public key (or folder of .pub files) to install as the device's trust policy; from then on "
                    "the device takes only bundles signed by a trusted key.")
+@click.option("--plain-http", is_flag=True, help="For an oci:// BUNDLE: a local registry without TLS.")
 @click.option("--json", "as_json", is_flag=True)
 def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_host_key_check, jobs, parallel,
-          limit_rate, keep, dry_run, rollback, verify_only, trust, as_json) -> None:
+          limit_rate, keep, dry_run, rollback, verify_only, trust, plain_http, as_json) -> None:
     """Copy BUNDLE to a device (or a fleet), verify it there, and switch to it atomically."""
     from ..errors import FleetFlashError, UsageError
     from ..flash.flasher import FlashOptions, flash_bundle, verify_device
     from ..flash.flasher import rollback as do_rollback
+    from ..oci.reference import is_oci
     from .rich_progress import RichProgress
 
+    from_registry = is_oci(bundle)
+    bundle = bundle if from_registry or bundle is None else Path(bundle)
     options = FlashOptions(target, identity, known_hosts, not insecure_no_host_key_check, jobs, dry_run, keep,
                            limit_rate, tuple(trust))
     if inventory is not None:
         if bundle is None:
             raise UsageError("--inventory needs a BUNDLE")
+        if from_registry:
+            raise UsageError("--inventory flashes a local bundle", hint="pull it first (edgeslm pull oci://… --out "
+                             "DIR), or let the devices pull it themselves: edgeslm update DEST --follow oci://…")
         from ..flash.fleet import flash_fleet
         from .fleet_summary import print_fleet_summary
 
@@ -62,7 +69,12 @@ def flash(bundle, dest, inventory, target, identity, known_hosts, insecure_no_ho
         if bundle is None:
             raise UsageError("BUNDLE is required to flash")
         with RichProgress(quiet=as_json) as progress:
-            report = flash_bundle(bundle, dest, options, progress)
+            if from_registry:
+                from ..oci.install import flash_from_oci
+
+                report = flash_from_oci(bundle, dest, options, plain_http, progress)
+            else:
+                report = flash_bundle(bundle, dest, options, progress)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return

@@ -121,17 +121,22 @@ def flash_bundle(bundle: Path, destination: str, options: FlashOptions, progress
 
 
 def _manifest_texts(folder: Path, manifest: Manifest, subset: bool) -> dict[str, str]:
-    """The manifest files a flash writes: ``manifest.json`` (one target's subset with ``--target``), and
-    for a signed bundle ``manifest.sig`` (+ the signed full manifest as ``signed-manifest.json`` when a
-    subset is installed). Written last, in this order, so a staged folder with a manifest is complete."""
     sig = folder / SIGNATURE_NAME
-    if not sig.is_file():
-        return {"manifest.json": manifest.dumps()}
-    original = (folder / "manifest.json").read_text(encoding="utf-8")
-    texts = {SIGNATURE_NAME: sig.read_text(encoding="utf-8")}
-    if subset:
+    return manifest_texts((folder / "manifest.json").read_text(encoding="utf-8"),
+                          sig.read_text(encoding="utf-8") if sig.is_file() else None, manifest if subset else None)
+
+
+def manifest_texts(original: str, signatures: str | None, subset: Manifest | None) -> dict[str, str]:
+    """The manifest files an installed version gets: ``manifest.json`` (one target's subset with
+    ``--target``), and for a signed bundle ``manifest.sig`` (+ the signed full manifest as
+    ``signed-manifest.json`` when a subset is installed). Written last, in this order, so that a staged
+    folder with a manifest is complete."""
+    if signatures is None:
+        return {"manifest.json": subset.dumps() if subset is not None else original}
+    texts = {SIGNATURE_NAME: signatures}
+    if subset is not None:
         texts[SIGNED_MANIFEST_NAME] = original
-    texts["manifest.json"] = manifest.dumps() if subset else original
+    texts["manifest.json"] = subset.dumps() if subset is not None else original
     return texts
 
 

@@ -34,11 +34,12 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import BinaryIO
-
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING, BinaryIO
 
 from edgeslm.errors import UsageError
+
+if TYPE_CHECKING:  # Pillow is imported when an image is decoded: a device that only falls back has none
+    from PIL import Image
 
 MAX_PIXELS = 40_000_000
 MAX_REMOTE_BYTES = 20 * 1024 * 1024  # 20 MiB: a remote image larger than this is refused while it downloads
@@ -123,6 +124,8 @@ def _open_file(path: Path, label: str, max_pixels: int, allow_files: bool) -> Im
 
 def _decode(data: bytes | BinaryIO, label: str, where: str, max_pixels: int) -> Image.Image:
     """Header → size checks → full decode → ``convert("RGB")``; every failure is one ImageInputError."""
+    from PIL import Image, UnidentifiedImageError
+
     if isinstance(data, bytes):
         if not data:
             raise ImageInputError(f"{label} ({where}) is empty (0 bytes)")
@@ -237,6 +240,8 @@ def _too_many_bytes(label: str, url: str, size: int) -> ImageInputError:
 
 
 def _available_formats() -> tuple[str, ...]:
+    from PIL import Image
+
     Image.init()
     return tuple(name for name in FORMATS if name in Image.OPEN)
 
