@@ -201,7 +201,7 @@ def test_edgeslm_load_answers_and_stops_at_end(gguf_bundle):
 
 def test_cli_run_and_doctor(gguf_bundle, tmp_path):
     env = gguf_data_dir(tmp_path)
-    answer = run_cli("run", str(gguf_bundle), "What does os.getcwd() return?", "--max-tokens", "48", env=env)
+    answer = run_cli("run", str(gguf_bundle), "What does os.getcwd() return?", "--max-new-tokens", "48", env=env)
     assert answer.returncode == 0 and answer.stdout.strip(), answer
     doctor = run_cli("doctor", str(gguf_bundle), "--json", env=env)
     assert doctor.returncode == 0 and doctor.json()["chosen"] == ART, doctor

@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import FIXTURES, import_blocker, run_cli
 from remote_standin import KEY, StandIn, status, write_remote_toml
 
 from edgeslm.cli import cli
@@ -117,6 +117,15 @@ def test_an_explicit_remote_config_and_the_user_config_folder(nofit, standin, tm
     assert len(standin.seen) == 2
 
 
+def test_a_device_with_only_the_remote_extra_needs_no_pillow_numpy_or_jinja(nofit, standin, tmp_path):
+    configure(nofit, standin)  # the engine packages blocked too: only the standard library, click, rich and httpx
+    env = import_blocker(tmp_path, "PIL", "numpy", "jinja2", "onnxruntime_genai", "openai", "starlette", "uvicorn")
+    result = run_cli("run", str(nofit), "What is shown?", "--image", str(SHAPES), "--allow-remote", "--json", env=env)
+    assert result.returncode == 0, result
+    assert json.loads(result.stdout)["model"] == MODELS[1] and KEY not in result.stdout + result.stderr
+    assert standin.seen[0].body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
 def test_a_local_artifact_that_fits_always_answers(fits, standin):
     configure(fits, standin, allow=True)
     result = invoke("run", fits, "What does os.path.join do?", "--allow-remote", "--json", "-n", "8")
@@ -126,7 +135,7 @@ def test_a_local_artifact_that_fits_always_answers(fits, standin):
     assert standin.seen == [] and "remote" not in result.stderr
 
 
-def test_an_image_prompt_on_a_text_only_bundle_goes_remote_only_when_allowed(fits, standin):
+def test_an_image_prompt_on_a_text_only_bundle_goes_remote_only_when_allowed(fits, standin, monkeypatch):
     configure(fits, standin)
     refused = invoke("run", fits, "What is shown?", "--image", SHAPES)
     assert refused.exit_code == 2 and "does not take images" in error_line(refused) and standin.seen == []
@@ -139,6 +148,10 @@ def test_an_image_prompt_on_a_text_only_bundle_goes_remote_only_when_allowed(fit
     assert text == {"type": "text", "text": "What is shown?"} and standin.seen[0].body["model"] == MODELS[1]
     local = invoke("run", fits, "What does os.path.join do?", "--allow-remote", "--json", "-n", "4")
     assert json.loads(local.stdout)["engine"] == "local" and len(standin.seen) == 1  # text stays here
+    monkeypatch.delenv("REMOTE_KEY")  # the remote opens at the first image prompt: text still answers here
+    assert json.loads(invoke("run", fits, "Hi", "--allow-remote", "--json", "-n", "2").stdout)["engine"] == "local"
+    unset = invoke("run", fits, "What is shown?", "--image", SHAPES, "--allow-remote")
+    assert unset.exit_code == 31 and "REMOTE_KEY, which is not set" in error_line(unset)
 
 
 def test_chat_with_the_remote_fallback(nofit, standin):

@@ -54,6 +54,9 @@ class RemoteChoice:
             return f"no local artifact can run here, but the remote is not allowed (it would be with {how})"
         if self.serves_images:
             return f"{self.local.artifact.id} runs here and is text-only: only prompts with images go to the remote"
+        if not self.allowed and self.local.artifact.vision is None and self.endpoint.vision_model:
+            return (f"{self.local.artifact.id} runs here and is text-only: prompts with images would go to the "
+                    f"remote with {how}")
         rule = "" if self.allowed else f" (and only with {how})"
         return f"{self.local.artifact.id} runs here: the remote answers only when no local artifact can{rule}"
 
@@ -67,28 +70,30 @@ class RemoteChoice:
                             "pass [[allow_remote]] or set allow = true there to use it; " + (exc.hint or ""))
             raise
 
-    def open(self, manifest: Any, selection: Selection, host: Any) -> Any:
-        """The remote engine, through the registry, behind the API of a loaded bundle."""
-        from ..registry import backends
-        from .remote_model import RemoteCandidate, RemoteLLM
+    def candidate(self) -> Any:
+        from .remote_model import RemoteCandidate
 
         why = ("no local artifact can run here" if self.local is None
                else f"{self.local.artifact.id} does not take images")
-        candidate = RemoteCandidate(self.config, self.endpoint, why)
+        return RemoteCandidate(self.config, self.endpoint, why)
+
+    def open(self, manifest: Any, selection: Selection, host: Any) -> Any:
+        """The remote engine, through the registry, behind the API of a loaded bundle."""
+        from ..registry import backends
+        from .remote_model import RemoteLLM
+
+        candidate = self.candidate()
         engine = backends()["remote"].open_engine()(None, candidate, host, manifest, threads=None)
         return RemoteLLM(engine, manifest, selection, candidate)
 
     def wrap(self, llm: Any) -> Any:
-        """The loaded local artifact, routed with the remote for image prompts when that is allowed."""
+        """The loaded local artifact, routed with the remote for image prompts when that is allowed (the remote
+        is opened at the first image prompt)."""
         if not self.serves_images:
             return llm
         from .remote_model import RoutedLLM
 
-        try:
-            return RoutedLLM(llm, self.open(llm.manifest, llm.selection, llm.selection.host))
-        except BaseException:
-            llm.close()
-            raise
+        return RoutedLLM(llm, self.candidate(), lambda: self.open(llm.manifest, llm.selection, llm.selection.host))
 
     def describe(self) -> dict[str, Any] | None:
         """What ``edgeslm doctor`` shows: the service, whether the key is set (never the key), the verdict."""

@@ -11,7 +11,7 @@ remote's vision model. Both have what callers of ``LLM`` use (``prepare``, ``str
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,13 +153,21 @@ class RemoteLLM:
 class RoutedLLM:
     """A local artifact that is text-only, and the remote fallback for the prompts with images."""
 
-    def __init__(self, local: Any, remote: RemoteLLM):
-        self.local, self.remote = local, remote
-        self.remote_note = (f"image prompts go to the {remote.candidate.summary}; {local.candidate.artifact.id} "
+    def __init__(self, local: Any, candidate: RemoteCandidate, open_remote: Callable[[], RemoteLLM]):
+        self.local, self._open_remote, self._remote = local, open_remote, None
+        self.remote_note = (f"image prompts go to the {candidate.summary}; {local.candidate.artifact.id} "
                             "answers the rest here")
 
     def __getattr__(self, name: str) -> Any:  # manifest, selection, candidate, context_tokens, engine, ...
         return getattr(self.__dict__["local"], name)
+
+    @property
+    def remote(self) -> RemoteLLM:
+        """Opened at the first image prompt: a missing key never stops the local artifact's answers."""
+        if self._remote is None:
+            self._remote = self._open_remote()
+            self._remote.allow_image_files = self.local.allow_image_files
+        return self._remote
 
     @property
     def takes_images(self) -> bool:
@@ -171,7 +179,9 @@ class RoutedLLM:
 
     @allow_image_files.setter
     def allow_image_files(self, value: bool) -> None:
-        self.local.allow_image_files = self.remote.allow_image_files = value
+        self.local.allow_image_files = value
+        if self._remote is not None:
+            self._remote.allow_image_files = value
 
     @property
     def allow_remote_images(self) -> bool:
@@ -196,7 +206,8 @@ class RoutedLLM:
         try:
             self.local.close()
         finally:
-            self.remote.close()
+            if self._remote is not None:
+                self._remote.close()
 
     def __enter__(self) -> RoutedLLM:
         return self
