@@ -145,6 +145,17 @@ def test_registry_authentication(built_bundle, tmp_path):
         (tmp_path / "docker" / "config.json").write_text(json.dumps({"auths": {own.host: {"auth": auth}}}))
         pulled = run_cli("pull", ref, "--out", str(tmp_path / "p.bundle"), "--plain-http", env=home)
         assert pulled.returncode == 0 and "s3cret" not in pulled.stdout + pulled.stderr, pulled
+        # a credential helper (docker-credential-<name> get, host on stdin), as credsStore/credHelpers name it
+        helper_bin = tmp_path / "bin"
+        helper_bin.mkdir()
+        helper = helper_bin / "docker-credential-edgeslmtest"
+        helper.write_text(f"#!/bin/sh\nread host\n[ \"$host\" = \"{own.host}\" ] || exit 1\n"
+                          "echo '{\"Username\": \"fleet\", \"Secret\": \"s3cret-pass\"}'\n")
+        helper.chmod(0o755)
+        (tmp_path / "docker" / "config.json").write_text(json.dumps({"credHelpers": {own.host: "edgeslmtest"}}))
+        path = {**home, "PATH": f"{helper_bin}:{os.environ['PATH']}"}
+        helped = run_cli("pull", ref, "--out", str(tmp_path / "h.bundle"), "--plain-http", env=path)
+        assert helped.returncode == 0 and "s3cret" not in helped.stdout + helped.stderr, helped
 
 
 def test_unknown_tag_registry_down_and_bad_references(registry, tmp_path):
