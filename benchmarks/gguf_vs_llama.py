@@ -178,7 +178,8 @@ def decode_rows(gguf_bundle: Path, onnx_bundle: Path, contexts: list[int], token
         log(f"context {context}: edgeslm.load onnx-int4-cpu")
         onnx = json.loads(timed([sys.executable, "-c", EDGESLM_RUN, str(onnx_bundle), "onnx-int4-cpu", str(context),
                                  PROMPT, str(tokens), str(repeats)])["stdout"])
-        row = {"prompt_tokens": len(ours["prompt_ids"]), "edgeslm gguf": summarize(ours),
+        row = {"prompt_tokens": len(ours["prompt_ids"]), "load_average_1min": round(os.getloadavg()[0], 2),
+               "edgeslm gguf": summarize(ours),
                "raw llama-cpp-python": summarize(raw), "edgeslm onnx-int4-cpu": summarize(onnx)}
         row["gguf_vs_raw_decode"] = round(row["edgeslm gguf"]["decode_tok_s"] / row["raw llama-cpp-python"]["decode_tok_s"], 3)
         row["onnx_vs_gguf_decode"] = round(row["edgeslm onnx-int4-cpu"]["decode_tok_s"] / row["edgeslm gguf"]["decode_tok_s"], 3)

@@ -20,7 +20,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import DOCS_MODEL, EVAL, PROMPTS, REPO, assert_clean_error, run_cli, source_perplexity, token_windows
+from conftest import (
+    DOCS_MODEL,
+    EVAL,
+    PROMPTS,
+    REPO,
+    assert_clean_error,
+    build_for_target,
+    run_cli,
+    source_perplexity,
+    token_windows,
+)
 from go_template import render
 
 from edgeslm.backends.gguf import modelfile
@@ -71,7 +81,7 @@ def converter(tmp_path_factory) -> Path:
     version = importlib.metadata.version("llama-cpp-python")
     folder = tmp_path_factory.mktemp("llama-sdist")
     fetched = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                              "--no-build-isolation", f"llama-cpp-python=={version}", "-d", str(folder)],
+                              f"llama-cpp-python=={version}", "-d", str(folder)],
                              capture_output=True, text=True, timeout=900)
     sdist = next(folder.glob("llama_cpp_python-*.tar.gz"), None)
     if sdist is None:
@@ -304,3 +314,25 @@ def test_modelfile_is_skipped_for_a_chat_template_that_is_not_phi3_s(tmp_path):
     art = read_manifest(out).artifact(ART)
     assert art.details["modelfile"] == "" and "not the Phi-3 format" in art.details["modelfile_skipped"]
     assert not (out / art.path / "Modelfile").exists()
+
+
+def test_ollama_target_prefers_gguf_and_falls_back_to_onnx(tmp_path_factory):
+    from edgeslm.runtime.accelerator_probe import Findings
+    from edgeslm.runtime.host_probe import probe_host
+    from edgeslm.runtime.selection import rank_artifacts
+
+    bundle = build_for_target(tmp_path_factory, "ollama")
+    manifest = read_manifest(bundle)
+    assert [a.id for a in manifest.artifacts] == ["gguf", "onnx-int4-cpu"]
+    assert manifest.targets["ollama"].artifacts == ("gguf", "onnx-int4-cpu")
+    assert "PARAMETER num_ctx 4096" in (bundle / "artifacts" / ART / "Modelfile").read_text()
+    versions = {name: importlib.metadata.version(name) for name in ("llama-cpp-python", "onnxruntime-genai")}
+    both = rank_artifacts(manifest, probe_host(findings=Findings(packages=versions)))
+    assert [c.artifact.id for c in both.ranked] == ["gguf", "onnx-int4-cpu"]
+    without = rank_artifacts(manifest, probe_host(findings=Findings(packages={"onnxruntime-genai": versions[
+        "onnxruntime-genai"]})))
+    assert without.chosen.artifact.id == "onnx-int4-cpu"
+    assert [(r.artifact_id, r.reason) for r in without.rejected] == [
+        ("gguf", "runtime package llama-cpp-python is not installed (pip install 'edgeslm[llama]')")]
+    doctor = run_cli("doctor", str(bundle))
+    assert doctor.returncode == 0 and "✓ gguf: chosen" in doctor.stdout and "· onnx-int4-cpu: fallback" in doctor.stdout

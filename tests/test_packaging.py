@@ -13,7 +13,7 @@ import tomllib
 from conftest import REPO
 
 HEAVY = {"torch", "transformers", "optimum", "optimum-intel", "nncf"}
-DEVICE_EXTRAS = ("ort", "ort-cuda", "openvino", "mlx", "qnn", "serve", "remote")
+DEVICE_EXTRAS = ("ort", "ort-cuda", "openvino", "mlx", "qnn", "serve", "remote", "llama")
 
 
 def _name(requirement: str) -> str:

@@ -44,9 +44,11 @@ CONTEXT = 256
 def qnn_bundle(tmp_path_factory) -> Path:
     # Context 256 keeps the simulator fast; calibration uses the held-out text after the 4 x 128 windows.
     # Both Snapdragon targets: binaries are compiled for the targets' SoCs (Target.soc), here both of them.
+    # Two parts of three layers (the full model has nine at the default budget): the parted layout runs here.
     return build_for_target(tmp_path_factory, "snapdragon-x-elite", "--target", "snapdragon-8-gen-3",
                             "--eval-window-tokens", "128",
-                            "--set", f"qnn-context.context_length={CONTEXT}")
+                            "--set", f"qnn-context.context_length={CONTEXT}", "--set", "qnn-context.prefill_chunk=64",
+                            "--set", "qnn-context.part_layers=3")
 
 
 def _art(bundle: Path):
@@ -65,45 +67,52 @@ def test_manifest_records_versions_socs_and_shapes(qnn_bundle):
     assert onnxruntime_qnn.__name__ and art.details["compiler"] == "onnxruntime-qnn"
     assert (art.details["context_length"], art.details["prefill_chunk"]) == (CONTEXT, 64)
     assert art.context.max_total_tokens == CONTEXT and art.context.max_prompt_tokens == CONTEXT - 1
-    assert art.quantization["activations"] == "uint16" and art.quantization["weight_bits"] == 8
+    assert art.quantization["activations"] == "uint16" and art.quantization["weight_bits"] == 4  # w4a16
+    assert art.quantization["lm_head_bits"] == 8 and art.quantization["lm_head"] == "int8 symmetric per-channel"
+    assert [s["layers"] for s in art.details["stage_seconds"]] == [[0, 3], [3, 6]]
     assert {name: (e["soc_model"], e["htp_arch"]) for name, e in art.details["socs"].items()} == SOCS
 
 
-def test_context_binaries_exist_per_soc_and_name_their_soc(qnn_bundle):
+def test_context_binaries_exist_per_soc_and_part_and_name_their_soc(qnn_bundle):
     folder = qnn_bundle / _art(qnn_bundle).path
+    config = json.loads((folder / "qnn_config.json").read_text())
+    assert [p["layers"] for p in config["parts"]] == [[0, 3], [3, 6]]
+    assert [p["input"] for p in config["parts"]] == ["inputs_embeds", "hidden_states"]
     for soc, (_, arch) in SOCS.items():
-        for graph in ("prefill", "decode"):
+        for graph in (f"part{i}_{g}" for i in range(2) for g in ("prefill", "decode")):
             binary = folder / soc / f"{graph}_ctx_qnn.bin"
-            assert binary.stat().st_size > 1_000_000
+            assert binary.stat().st_size > 100_000
             # The HTP prepare config embedded in the binary names the SoC and arch it was compiled for.
             assert f"soc_type={soc};arch={arch}".encode() in binary.read_bytes()
             model = (folder / soc / f"{graph}_ctx.onnx").read_bytes()
             assert b"EPContext" in model and f"{graph}_ctx_qnn.bin".encode() in model
 
 
-def test_qdq_graphs_have_16_bit_activations_and_per_channel_int8_weights(qnn_bundle):
+def test_qdq_graphs_are_w4a16_with_an_8_bit_lm_head(qnn_bundle):
     import onnx
     from onnx import TensorProto
 
-    graph = onnx.load(str(qnn_bundle / _art(qnn_bundle).path / "qdq" / "decode.onnx")).graph
-    inits = {i.name: i for i in graph.initializer}
-    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                 and inits[n.input[0]].data_type == TensorProto.INT8]
-    assert len(weight_dq) == 6 * 4 + 1  # qkv, o, gate_up, down per layer + lm_head
-    assert all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in weight_dq)  # per channel
-    act = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
-    assert act and all(inits[n.input[2]].data_type == TensorProto.UINT16 for n in act)
+    for part, head in (("part0", 0), ("part1", 1)):
+        graph = onnx.load(str(qnn_bundle / _art(qnn_bundle).path / "qdq" / f"{part}_decode.onnx")).graph
+        inits = {i.name: i for i in graph.initializer}
+        weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                   and len(inits[n.input[0]].dims) == 2]
+        types = sorted(inits[n.input[0]].data_type for n in weights)
+        assert types == sorted([TensorProto.INT4] * 3 * 4 + [TensorProto.INT8] * head)  # 4 linears/layer (+ head)
+        assert all(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1 for n in weights)  # per channel
+        act = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+        assert act and all(inits[n.input[2]].data_type == TensorProto.UINT16 for n in act)
 
 
 def test_qdq_perplexity_close_to_source(qnn_bundle):
-    # 16-bit activations + per-channel int8 weights measured +0.05..+0.07% on these windows; 1% leaves
-    # room for noise and still fails on a broken calibration, 8-bit activations or a wrong RoPE table.
+    # w4a16 with an 8-bit LM head measured +1.4% on these windows (the issue's gate: +3%); a broken
+    # calibration, 8-bit activations or a wrong RoPE table are far over it.
     from edgeslm.backends.qnn.scoring import window_nll
     from edgeslm.builder.measured_quality import perplexity
 
     windows, source = token_windows(4, 128), source_perplexity(4, 128)
     measured = perplexity(window_nll(qnn_bundle / _art(qnn_bundle).path, windows), windows)
-    assert abs(measured - source) / source < 0.01, (measured, source)
+    assert abs(measured - source) / source < 0.03, (measured, source)
 
 
 def test_compiled_models_run_on_the_htp_backend_like_the_cpu_provider(qnn_bundle):
@@ -116,9 +125,9 @@ def test_compiled_models_run_on_the_htp_backend_like_the_cpu_provider(qnn_bundle
     htp = perplexity(window_nll(folder, window, on_htp=True, soc="SC8380XP"), window)
     cpu = perplexity(window_nll(folder, window), window)
     assert abs(htp - cpu) / cpu < 0.005, (htp, cpu)  # measured 7.654 vs 7.662 in the prototype
-    for graph in ("prefill", "decode"):  # the 8 Gen 3 binaries load with the HTP backend too
+    for graph, out in (("part0_prefill", "hidden_states_out"), ("part1_decode", "logits")):  # 8 Gen 3's load too
         session = ep_sessions.htp_session(folder / "SM8650" / f"{graph}_ctx.onnx", *SOCS["SM8650"])
-        assert [o.name for o in session.get_outputs()][0] == "logits"
+        assert [o.name for o in session.get_outputs()][0] == out
 
 
 def test_runtime_streams_from_the_simulated_npu_and_refuses_long_prompts(qnn_bundle):
@@ -142,8 +151,7 @@ def test_engine_greedy_tokens_match_the_qdq_graphs_on_cpu(qnn_bundle):
     engine = QnnEngine(QnnArtifact.open(folder), "SC8380XP")
     npu = list(engine.generate(prompt, GenerationOptions(), len(prompt) + 3))
     artifact = QnnArtifact.open(folder)
-    loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p)), "qdq/prefill.onnx",
-                         "qdq/decode.onnx")
+    loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p)), "qdq")
     cpu = [int(np.argmax(loop.prefill(prompt)[-1]))]
     for _ in range(2):
         cpu.append(int(np.argmax(loop.decode(cpu[-1]))))
@@ -155,12 +163,12 @@ def test_shared_weights_compile_into_one_binary(qnn_bundle, tmp_path):
     from edgeslm.backends.qnn import ep_sessions
 
     qdq = qnn_bundle / _art(qnn_bundle).path / "qdq"
-    for index, graph in enumerate(("prefill", "decode")):
+    for index, graph in enumerate(("part0_prefill", "part0_decode")):
         ep_sessions.compile_context(qdq / f"{graph}.onnx", tmp_path / f"{graph}_ctx.onnx", *SOCS["SC8380XP"],
                                     share=True, last_shared=index == 1)
     binaries = sorted(p.name for p in tmp_path.glob("*.bin"))
-    assert binaries == ["prefill_ctx_qnn.bin"]
-    assert b"prefill_ctx_qnn.bin" in (tmp_path / "decode_ctx.onnx").read_bytes()
+    assert binaries == ["part0_prefill_ctx_qnn.bin"]
+    assert b"part0_prefill_ctx_qnn.bin" in (tmp_path / "part0_decode_ctx.onnx").read_bytes()
 
 
 def _x_elite(packages: dict[str, str]):
@@ -189,6 +197,65 @@ def test_selection_on_the_recorded_snapdragon_laptop(qnn_bundle):
     assert here.chosen.artifact.id == "onnx-int4-cpu" and "Hexagon" in reason(here)
 
 
+def test_selection_refuses_a_device_whose_npu_budget_the_parts_exceed(qnn_bundle):
+    m = read_manifest(qnn_bundle)
+    art = m.artifact("qnn-context")
+    needs = art.details["parts"]
+    assert [p["layers"] for p in needs] == [[0, 3], [3, 6]]
+    assert all(p["weight_bytes"] > 100_000 and p["kv_cache_bytes"] == 2 * 3 * 4 * CONTEXT * 64 * 2 for p in needs)
+    assert all(e["npu_memory_mb"] == 3584 for e in art.details["socs"].values())
+    small = {soc: {**e, "npu_memory_mb": 1} for soc, e in art.details["socs"].items()}
+    tight = dataclasses.replace(m, artifacts=tuple(
+        dataclasses.replace(a, details={**a.details, "socs": small}) if a.id == "qnn-context" else a
+        for a in m.artifacts))
+    selection = rank_artifacts(tight, _x_elite({"onnxruntime-genai": "0.18.0", "onnxruntime-qnn": "2.7.0"}))
+    reason = {r.artifact_id: r.reason for r in selection.rejected}["qnn-context"]
+    assert selection.chosen.artifact.id == "onnx-int4-cpu"  # the fallback
+    assert "MiB on the NPU" in reason and "1 MiB SC8380XP's HTP" in reason
+
+
+def test_bad_qnn_input_is_a_clear_error(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text((EVAL / "docs-heldout.txt").read_text()[:3000])
+    out = tmp_path / "o"
+    result = run_cli("build", "--target", "snapdragon-x-elite", "--model", str(DOCS_MODEL), "--out", str(out),
+                     "--no-eval", "--calibration-text", str(short))
+    assert_clean_error(result, "calibration_sequences = 8", "--calibration-text")
+    assert not out.exists()
+    result = run_cli("build", "--target", "snapdragon-x-elite", "--model", str(DOCS_MODEL), "--out", str(out),
+                     "--no-eval", "--set", "qnn-context.part_budget_mb=5000")
+    assert_clean_error(result, "part_budget_mb")
+
+
+def test_a_part_that_fails_to_compile_is_named_and_no_bundle_is_left(tmp_path, monkeypatch):
+    # No graph that the HTP compiler refuses is at hand (the real error is "Unable to compile any nodes"):
+    # this stand-in raises that error for the second part, in-process; everything around it is real.
+    from edgeslm.backends.qnn import ep_sessions
+    from edgeslm.builder.measured_quality import QualityRequest
+    from edgeslm.builder.pipeline import BuildRequest, build_bundle
+    from edgeslm.errors import BuildError
+
+    real = ep_sessions.compile_context
+
+    def compile_context(model, out_model, *args, **kwargs):
+        if model.name.startswith("part1_"):
+            raise RuntimeError("QNN EP: Unable to compile any nodes: op MatMul /layers.4/qkv/MatMul not supported")
+        return real(model, out_model, *args, **kwargs)
+
+    monkeypatch.setattr(ep_sessions, "compile_context", compile_context)
+    out = tmp_path / "never.bundle"
+    request = BuildRequest(("snapdragon-x-elite",), str(DOCS_MODEL), out, overrides=(
+        "qnn-context.part_layers=3", "qnn-context.context_length=256", "qnn-context.prefill_chunk=64"),
+        quality=QualityRequest(skip=True))
+    with pytest.raises(BuildError) as failure:
+        build_bundle(request)
+    message = failure.value.message
+    assert "part 2/2 (layers 3-5)" in message and "Unable to compile any nodes" in message and "MatMul" in message
+    assert "log" in (failure.value.hint or "") and not out.exists()
+    logs = list(tmp_path.glob("never.bundle.logs/*qnn-context*"))
+    assert logs, "the converter log is kept"
+
+
 def test_qai_hub_without_a_token_is_a_clear_error(tmp_path):
     result = run_cli("build", "--target", "snapdragon-8-gen-3", "--model", str(DOCS_MODEL), "--out",
                      str(tmp_path / "o"), "--qnn-compiler", "qai-hub", env={"HOME": str(tmp_path),
@@ -209,7 +276,7 @@ def test_missing_onnxruntime_qnn_names_the_extra(tmp_path, qnn_bundle):
 def test_manifest_quality_is_recorded(qnn_bundle):
     q = _art(qnn_bundle).quality
     assert q.windows == 4 and q.window_tokens == 128 and math.isfinite(q.artifact)
-    assert abs(q.relative_change) < 0.01
+    assert abs(q.relative_change) < 0.03
     assert json.loads((qnn_bundle / _art(qnn_bundle).path / "qnn_config.json").read_text())["compiled_with"]
 
 
@@ -276,13 +343,19 @@ def test_qai_hub_compiler_submits_jobs_and_places_the_models(qnn_bundle, tmp_pat
 
     assert qai_hub_compiler.check_ready() == ini
     settings = QnnSettings(compiler="qai-hub", qai_hub_profile=True)
-    entry = QnnExporter._compile(qnn_bundle / _art(qnn_bundle).path / "qdq", tmp_path / "SC8380XP", "SC8380XP",
-                                 settings.socs["SC8380XP"], settings)
+    from edgeslm.backends.qnn.part_plan import DecoderPart
+
+    (tmp_path / "SC8380XP").mkdir()
+    entry: dict = {}
+    files = QnnExporter._compile_part(qnn_bundle / _art(qnn_bundle).path / "qdq", tmp_path, DecoderPart(1, 3, 6, True),
+                                      "SC8380XP", settings.socs["SC8380XP"], settings, entry)
     assert [s[0] for s in submitted] == ["compile", "profile", "compile", "profile"]
     assert {s[2] for s in submitted} == {"device:Snapdragon X Elite CRD"}
-    assert submitted[0][1:] == ("prefill.onnx", "device:Snapdragon X Elite CRD", "--target_runtime precompiled_qnn_onnx")
-    assert entry["qai_hub_jobs"]["decode"] == {"compile_job": "j2", "profile_job": "j3"}
+    assert submitted[0][1:] == ("part1_prefill.onnx", "device:Snapdragon X Elite CRD",
+                                "--target_runtime precompiled_qnn_onnx")
+    assert entry["qai_hub_jobs"]["part1_decode"] == {"compile_job": "j2", "profile_job": "j3"}
+    assert files == {"prefill": "SC8380XP/part1_prefill_ctx.onnx", "decode": "SC8380XP/part1_decode_ctx.onnx"}
     assert sorted(p.name for p in (tmp_path / "SC8380XP").iterdir()) == [
-        "decode_ctx.onnx", "decode_ctx_qnn.bin", "prefill_ctx.onnx", "prefill_ctx_qnn.bin"]
-    session = ep_sessions.htp_session(tmp_path / "SC8380XP" / "decode_ctx.onnx", *SOCS["SC8380XP"])
+        "part1_decode_ctx.onnx", "part1_decode_ctx_qnn.bin", "part1_prefill_ctx.onnx", "part1_prefill_ctx_qnn.bin"]
+    session = ep_sessions.htp_session(tmp_path / "SC8380XP" / "part1_decode_ctx.onnx", *SOCS["SC8380XP"])
     assert session.get_outputs()[0].name == "logits"

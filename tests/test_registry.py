@@ -64,8 +64,8 @@ def _python(code: str, env: dict) -> subprocess.CompletedProcess:
 def test_builtin_backends_declare_every_format_and_import_no_engine():
     code = ("import sys; from edgeslm import registry; "
             "print(sorted(registry.formats())); print([b.name for b in registry.backends().values()]); "
-            "heavy = [m for m in ('onnxruntime_genai', 'openvino', 'openvino_genai', 'mlx', 'onnxruntime', 'torch', 'llama_cpp', 'gguf', "
-            "'transformers', 'numpy', 'httpx') if m in sys.modules]; print(heavy)")
+            "heavy = [m for m in ('onnxruntime_genai', 'openvino', 'openvino_genai', 'mlx', 'onnxruntime', 'torch', "
+            "'llama_cpp', 'gguf', 'transformers', 'numpy', 'httpx') if m in sys.modules]; print(heavy)")
     out = _python(code, {}).stdout.splitlines()
     assert out[0] == str(sorted(["onnx-int4-cpu", "onnx-int4-cuda", "openvino-int4", "mlx", "qnn-context", "gguf"]))
     assert out[1] == str(["onnx_genai", "openvino", "mlx", "qnn", "gguf", "remote"])  # remote: no format (the cloud)
@@ -214,7 +214,7 @@ def test_error_paths_are_one_line_with_an_exit_code(echo_registered, tmp_path, a
 
 # --- the contract every registered backend keeps, on real artifacts of the demo model -------------------------------
 
-BUILTIN = [name for name in registry.backends() if name in ("onnx_genai", "openvino", "mlx", "qnn")]
+BUILTIN = [name for name in registry.backends() if name in ("onnx_genai", "openvino", "mlx", "qnn", "gguf")]
 
 
 @pytest.mark.slow

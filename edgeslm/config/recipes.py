@@ -177,7 +177,10 @@ def apply_overrides(recipe: Recipe, overrides: list[str], formats: list[str]) ->
                 continue
             hint_type = typing.get_type_hints(type(settings))[field]
             value = parse_value(text.strip(), hint_type, f"[[overrides]] {key}")
-            new[f] = dataclasses.replace(settings, **{field: value})
+            try:
+                new[f] = dataclasses.replace(settings, **{field: value})
+            except ValueError as exc:  # the settings' own range checks (__post_init__)
+                raise UsageError(f"[[overrides]] '{item}': {f}: {exc}") from None
             applied = True
         if not applied:
             raise UsageError(f"[[overrides]] '{item}': no format being built has a setting '{field}'")

@@ -6,7 +6,10 @@ tokens stream back one at a time and the runtime stops on the manifest's stop id
 host's physical cores (llama.cpp's default counts logical ones). The context is the runtime's planned
 envelope, allocated at load; the KV cache type is the artifact's (f16, or q8_0 with flash attention).
 ``Llama.generate`` keeps the KV cache of the previous prompt and reuses its longest common prefix, so a
-chat's next turn evaluates only the new tokens.
+chat's next turn evaluates only the new tokens. The file is read, not memory-mapped: on AVX2/AVX-512 and
+Arm dot-product CPUs llama.cpp repacks Q4_0 weights into its own buffer at load, and with a mapping the
+touched file pages stayed resident as well (full size, context 512: 4.14 GiB peak RSS mapped, 2.29 GiB
+read; load 6.6 s against 3.4 s).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def open_llama(llama_cpp, path: Path, n_ctx: int, threads: int, kv_cache_type: s
     try:
         return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
                                n_threads_batch=threads, type_k=kv_type, type_v=kv_type, logits_all=logits_all,
-                               verbose=False, **flash)
+                               use_mmap=False, verbose=False, **flash)
     except (ValueError, RuntimeError) as exc:  # "Failed to load model from file", context creation failures
         raise EngineLoadError(f"llama.cpp cannot load {path}: {exc}",
                               hint="run 'edgeslm verify BUNDLE'; a context this large may not fit: pass a smaller "

@@ -3,13 +3,15 @@
 The header (metadata and every tensor's name, shape, type and offset) is known before any weight is
 read, so GGUFWriter writes it first; then each tensor is read from the checkpoint in slices of rows
 (``CheckpointTensors.fp32_row_range``: positioned reads, no memory map), quantized with gguf-py's numpy
-quantizers (Q4_0 and Q8_0 are ggml's reference algorithms) and appended. Peak memory is about one
-slice and its quantized form (~0.3 GB), whatever the model's size; no torch.
+quantizers (Q4_0 and Q8_0 are ggml's reference algorithms) on two threads and appended in order. Peak
+memory is a few slices and their quantized forms (~0.3 GB), whatever the model's size; no torch.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from ...model_shape import ModelShape
 from ..onnx_genai.checkpoint_tensors import CheckpointTensors
 from .phi3_layout import PlannedTensor, longrope_factors, tensor_plan, tokenizer_metadata, write_metadata
 
-SLICE_VALUES = 16 * 2**20  # fp32 values read per slice (64 MB)
+SLICE_VALUES = 8 * 2**20  # fp32 values read per slice (32 MB)
+QUANTIZE_THREADS = 2
 ARCHITECTURES = ("Phi3ForCausalLM",)
 
 
@@ -90,35 +93,58 @@ def stream_gguf(folder: Path, config: dict[str, Any], out: Path, name: str, quan
         writer.write_header_to_file(out)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        handle = writer.fout[0]
-        for index, tensor in enumerate(plan):
-            writer.write_padding(handle, handle.tell())
-            written = 0
-            for part in _slices(tensors, tensor, extra):
-                data = _quantize(part, tensor.type_name)
-                data.tofile(handle)
-                written += data.nbytes
-            if written != _nbytes(tensor):
-                raise BuildError(f"GGUF writer: tensor {tensor.name} came out as {written} bytes, not {_nbytes(tensor)}")
-            writer.write_padding(handle, written)
-            if on_tensor:
-                on_tensor(tensor.name, index + 1, len(plan))
-        handle.flush()
+        _write_data(writer, tensors, plan, extra, on_tensor)
     finally:
         writer.close()
         tensors.close()
     return WrittenGguf(out, len(plan), out.stat().st_size)
 
 
+def _write_data(writer: Any, tensors: CheckpointTensors, plan: list[PlannedTensor], extra: dict[str, list[float]],
+                on_tensor: Callable[[str, int, int], None] | None) -> None:
+    """Every tensor's data in header order: slices read in this thread, quantized by QUANTIZE_THREADS
+    (numpy releases the GIL), at most that many slices in flight, written in order with ggml's padding."""
+    handle = writer.fout[0]
+    written = [0] * len(plan)
+    pending: deque = deque()
+
+    def write_one() -> None:
+        index, last, future = pending.popleft()
+        data = future.result()
+        if written[index] == 0:
+            writer.write_padding(handle, handle.tell())  # the data section and every tensor start aligned
+        data.tofile(handle)
+        written[index] += data.nbytes
+        if last:
+            tensor = plan[index]
+            if written[index] != _nbytes(tensor):
+                raise BuildError(f"GGUF writer: tensor {tensor.name} came out as {written[index]} bytes, "
+                                 f"not {_nbytes(tensor)}")
+            writer.write_padding(handle, written[index])
+            if on_tensor:
+                on_tensor(tensor.name, index + 1, len(plan))
+
+    with ThreadPoolExecutor(QUANTIZE_THREADS) as pool:
+        for index, tensor in enumerate(plan):
+            for part, last in _slices(tensors, tensor, extra):
+                pending.append((index, last, pool.submit(_quantize, part, tensor.type_name)))
+                while len(pending) > QUANTIZE_THREADS:
+                    write_one()
+        while pending:
+            write_one()
+    handle.flush()
+
+
 def _slices(tensors: CheckpointTensors, tensor: PlannedTensor, extra: dict[str, list[float]]):
+    """The tensor's fp32 values in slices of whole rows, each with whether it is the last one."""
     """The tensor's fp32 values in slices of whole rows."""
     if not tensor.source:
-        yield np.asarray(extra[tensor.name], dtype=np.float32)
+        yield np.asarray(extra[tensor.name], dtype=np.float32), True
         return
     if len(tensor.shape) == 1:
-        yield tensors.fp32(tensor.source)
+        yield tensors.fp32(tensor.source), True
         return
     rows, cols = tensor.shape
     step = max(1, SLICE_VALUES // cols)
     for start in range(0, rows, step):
-        yield tensors.fp32_row_range(tensor.source, start, min(rows, start + step))
+        yield tensors.fp32_row_range(tensor.source, start, min(rows, start + step)), start + step >= rows

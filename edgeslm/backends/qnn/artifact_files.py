@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import BundleError
-from .kv_cache_loop import KvCacheLoop, Runner
+from .kv_cache_loop import KvCacheLoop, PartRunners, Runner
 
 
 @dataclass
@@ -31,9 +31,20 @@ class QnnArtifact:
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"{folder} is not a readable qnn-context artifact: {exc}") from None
 
-    def loop(self, make_runner: Callable[[Path], Runner], prefill: str, decode: str,
-             record: dict | None = None) -> KvCacheLoop:
+    def part_files(self, where: str) -> list[dict[str, Any]]:
+        """Per decoder part: ``layers`` [start, stop], and the ``prefill``/``decode`` model files of ``where``
+        (``"qdq"`` or a SoC name). Artifacts from before the decoder was parted are one part."""
         c = self.config
-        return KvCacheLoop(make_runner(self.folder / prefill), make_runner(self.folder / decode), self.embeddings,
-                           self.cos, self.sin, c["layers"], c["kv_heads"], c["head_dim"], c["context_length"],
-                           c["graphs"]["prefill_tokens"], record=record)
+        table = c["qdq"] if where == "qdq" else c["socs"][where]
+        if "parts" not in c:
+            return [{"layers": [0, c["layers"]], "prefill": table["prefill"], "decode": table["decode"]}]
+        return [{"layers": part["layers"], **files} for part, files in zip(c["parts"], table["parts"])]
+
+    def loop(self, make_runner: Callable[[Path], Runner], where: str) -> KvCacheLoop:
+        """The host loop over ``where``'s graphs (``"qdq"``: the portable QDQ graphs; else a SoC's)."""
+        c = self.config
+        parts = [PartRunners(range(*f["layers"]), "inputs_embeds" if f["layers"][0] == 0 else "hidden_states",
+                             make_runner(self.folder / f["prefill"]), make_runner(self.folder / f["decode"]))
+                 for f in self.part_files(where)]
+        return KvCacheLoop(parts, self.embeddings, self.cos, self.sin, c["kv_heads"], c["head_dim"],
+                           c["context_length"], c["graphs"]["prefill_tokens"])

@@ -1,8 +1,9 @@
 """Device side of the QNN format: the compiled context binaries on the Hexagon NPU through the QNN EP.
 
 onnxruntime-genai's QNN pipeline expects its own graph split and cache layout, so the engine drives
-the two EPContext graphs itself (kv_cache_loop.py): the prompt in fixed chunks, then one token per
-decode call, the KV cache in host buffers of the compiled context length. The runtime's selection has
+the EPContext graphs itself (kv_cache_loop.py): each decoder part's prefill and decode graph in
+sequence, the prompt in fixed chunks, then one token per decode call, the KV cache in host buffers of
+the compiled context length. The runtime's selection has
 already checked the SoC and the onnxruntime-qnn version against the manifest; the context is refused
 before generation when the prompt does not fit. On x86_64 (only with ``--artifact``) the same graphs
 run on the HTP simulator of onnxruntime-qnn, slowly.
@@ -54,7 +55,7 @@ class QnnEngine:
         self.soc = soc
         try:
             self.loop = self.artifact.loop(lambda p: ep_sessions.runner(ep_sessions.htp_session(
-                p, entry["soc_model"], entry["htp_arch"], threads=threads)), entry["prefill"], entry["decode"])
+                p, entry["soc_model"], entry["htp_arch"], threads=threads)), soc)
         except BundleError:
             raise
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph errors

@@ -1,19 +1,27 @@
-"""Build side of the QNN format: static graphs → QDQ (calibrated) → per-SoC HTP context binaries.
+"""Build side of the QNN format: the decoder in parts → static graphs → streamed calibration → QDQ →
+per-SoC HTP context binaries, one part at a time (so memory does not grow with the number of layers).
+
+Per part (``part_plan.py``): its weights read from the memory-mapped checkpoint (only that part's
+tensors), static prefill and decode graphs exported in float32, calibrated by ``streamed_calibration``
+(the residual stream on disk, running min/max), QDQ-quantized (w4a16 by default, 8-bit LM head),
+compiled for every SoC, and its float graphs deleted before the next part starts.
 
 Artifact layout (``artifacts/qnn-context/``):
-  qnn_config.json           graph I/O, context length, prefill chunk, per-SoC files, versions
-  embeddings.npy            token embeddings [vocab, hidden] float16 (looked up on the CPU)
-  rope.npz                  cos/sin tables [context, head_dim] (LongRoPE short factors)
-  <SOC>/prefill_ctx.onnx    EPContext model + prefill_ctx_qnn.bin, compiled for that SoC
-  <SOC>/decode_ctx.onnx     EPContext model + decode_ctx_qnn.bin
-  qdq/prefill.onnx, qdq/decode.onnx   portable QDQ graphs (ship_qdq_graphs)
+  qnn_config.json              graph I/O, parts (layers), context length, prefill chunk, per-SoC files, versions
+  embeddings.npy               token embeddings [vocab, hidden] float16 (looked up on the CPU)
+  rope.npz                     cos/sin tables [context, head_dim] (LongRoPE short factors)
+  <SOC>/partN_prefill_ctx.onnx EPContext model + partN_prefill_ctx_qnn.bin, compiled for that SoC
+  <SOC>/partN_decode_ctx.onnx  EPContext model + partN_decode_ctx_qnn.bin
+  qdq/partN_prefill.onnx, qdq/partN_decode.onnx   portable QDQ graphs (ship_qdq_graphs)
   tokenizer.json, tokenizer_config.json
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +31,18 @@ from ...builder.captured_output import captured_output
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
 from ...builder.source import SourceModel
 from ...config.strict import to_plain
-from ...errors import UsageError
+from ...errors import BuildError, UsageError
 from ...model_shape import ModelShape
 from ...package_versions import version_of
 from ...progress import Progress
 from . import ep_sessions, qai_hub_compiler
-from .kv_cache_loop import MASK_VALUE, KvCacheLoop
+from .kv_cache_loop import MASK_VALUE
+from .part_plan import GRAPHS, DecoderPart, plan_parts
+from .part_weights import embedding_table, part_tensors
 from .qdq_quantization import quantize_graph
 from .rope_tables import rope_tables
 from .settings import QnnSettings
 from .static_decoder import build_module, export_graph
-
-GRAPHS = ("prefill", "decode")
 
 
 class QnnExporter:
@@ -67,48 +75,80 @@ class QnnExporter:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         calibration_ids = self._calibration_ids(job, settings)
+        if len(calibration_ids) < settings.calibration_sequences:
+            length = len(calibration_ids[0]) if calibration_ids else 0
+            raise UsageError(f"the calibration text {job.calibration.label} ({job.calibration.origin}) holds "
+                             f"{len(calibration_ids)} sequence(s) of {length} tokens; qnn-context needs "
+                             f"calibration_sequences = {settings.calibration_sequences}",
+                             hint="give a longer [[calibration_text]] or lower qnn-context.calibration_sequences")
         shape = _shape(cfg)
+        parts = plan_parts(cfg, settings.part_layers, settings.part_budget_mb * 1_000_000)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
         float_dir, qdq_dir = job.work_dir / "float", (job.out_dir if settings.ship_qdq_graphs else job.work_dir) / "qdq"
         float_dir.mkdir(), qdq_dir.mkdir()
-        with progress.task(f"{job.fmt.name}: static prefill ({settings.prefill_chunk}) and decode graphs, "
-                           f"context {settings.context_length}"):
-            with converter_errors(job.fmt.name, "static graph export", log_path), captured_output(log_path):
-                embeddings = self._export_float(job, settings, float_dir)
+        for name in compile_for:
+            (job.out_dir / name).mkdir()
+        embeddings = embedding_table(job.source.path, job.source.config).astype(np.float16)
+        np.save(job.out_dir / "embeddings.npy", embeddings)
         cos, sin = rope_tables(cfg, settings.context_length)
-        np.save(job.out_dir / "embeddings.npy", embeddings.astype(np.float16))
         np.savez(job.out_dir / "rope.npz", cos=cos, sin=sin)
-        with progress.task(f"{job.fmt.name}: calibration on {len(calibration_ids)} text sequences"):
-            feeds = self._calibration_feeds(float_dir, embeddings, cos, sin, shape, settings, calibration_ids)
-        with progress.task(f"{job.fmt.name}: QDQ quantization (16-bit activations, {settings.weight_bits}-bit "
-                           "per-channel weights)"):
-            with converter_errors(job.fmt.name, "QDQ quantization", log_path), captured_output(log_path):
-                for graph in GRAPHS:
-                    quantize_graph(float_dir / f"{graph}.onnx", qdq_dir / f"{graph}.onnx", feeds[graph],
-                                   settings.weight_bits)
-        del feeds
-        socs = {}
-        for name, soc in compile_for.items():
-            with progress.task(f"{job.fmt.name}: compile HTP context binaries for {name} "
-                               f"(soc_model {soc.soc_model}, v{soc.htp_arch}) with {settings.compiler}"):
-                with converter_errors(job.fmt.name, f"context binary compilation for {name}", log_path), \
+        from .streamed_calibration import embed_steps, plan_steps, residual_store
+
+        steps = plan_steps(calibration_ids, settings.prefill_chunk)
+        store = residual_store(job.work_dir / "residual-0.npy", steps, settings.prefill_chunk, shape["hidden_size"])
+        embed_steps(store, steps, embeddings)
+        socs = {name: {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "device_ids": list(soc.device_ids),
+                       "npu_memory_mb": soc.npu_memory_mb, "parts": []} for name, soc in compile_for.items()}
+        part_entries, timings = [], []
+        for part in parts:
+            label = f"{job.fmt.name}: part {part.index + 1}/{len(parts)} (layers {part.start}-{part.stop - 1})"
+            timing: dict[str, Any] = {"part": part.index, "layers": [part.start, part.stop]}
+            started = time.monotonic()
+            with progress.task(f"{label}: static prefill ({settings.prefill_chunk}) and decode graphs, "
+                               f"context {settings.context_length}"):
+                with converter_errors(job.fmt.name, f"static graph export of {label}", log_path), \
                         captured_output(log_path):
-                    socs[name] = self._compile(qdq_dir, job.out_dir / name, name, soc, settings)
+                    self._export_part(job, settings, part, float_dir)
+            timing["export_s"] = round(time.monotonic() - started, 1)
+            started = time.monotonic()
+            with progress.task(f"{label}: streamed calibration and QDQ (16-bit activations, {settings.weight_bits}-bit "
+                               f"weights, {settings.lm_head_bits}-bit LM head)"):
+                with converter_errors(job.fmt.name, f"calibration / QDQ quantization of {label}", log_path), \
+                        captured_output(log_path):
+                    store = self._quantize_part(job, settings, part, steps, store, float_dir, qdq_dir, cos, sin, shape)
+            timing["calibrate_qdq_s"] = round(time.monotonic() - started, 1)
+            started = time.monotonic()
+            for name, soc in compile_for.items():
+                with progress.task(f"{label}: compile HTP context binaries for {name} (soc_model {soc.soc_model}, "
+                                   f"v{soc.htp_arch}) with {settings.compiler}"):
+                    with converter_errors(job.fmt.name, f"context binary compilation of {label} for {name}",
+                                          log_path), captured_output(log_path):
+                        socs[name]["parts"].append(self._compile_part(qdq_dir, job.out_dir, part, name, soc, settings,
+                                                                      socs[name]))
+            timing["compile_s"] = round(time.monotonic() - started, 1)
+            timings.append(timing)
+            part_entries.append({"layers": [part.start, part.stop], "input": part.input_name,
+                                 "output": "logits" if part.last else "hidden_states_out"})
         for name in ("tokenizer.json", "tokenizer_config.json"):
             if (job.source.path / name).is_file():
                 shutil.copy2(job.source.path / name, job.out_dir / name)
+        for name, entry in socs.items():
+            entry["files"] = sorted(str(p.relative_to(job.out_dir)) for p in (job.out_dir / name).iterdir())
         versions = ep_sessions.qnn_versions()
+        qdq = {"parts": [{g: f"qdq/{p.graph_name(g)}.onnx" for g in GRAPHS} for p in parts]} \
+            if settings.ship_qdq_graphs else {}
         qnn_config = {"graphs": {"prefill_tokens": settings.prefill_chunk, "decode_tokens": 1},
                       "context_length": settings.context_length, "mask_value": MASK_VALUE, **shape,
-                      "socs": socs, "qdq": {g: f"qdq/{g}.onnx" for g in GRAPHS} if settings.ship_qdq_graphs else {},
-                      "compiled_with": versions}
+                      "parts": part_entries, "socs": socs, "qdq": qdq, "compiled_with": versions}
         (job.out_dir / "qnn_config.json").write_text(json.dumps(qnn_config, indent=2) + "\n", encoding="utf-8")
+        needs = _part_needs(job.out_dir, parts, socs, shape, settings)
         first = next(iter(socs.values()))
         device_bytes = (job.out_dir / "embeddings.npy").stat().st_size + sum(
             (job.out_dir / f).stat().st_size for f in first["files"])
         return ExportResult(
-            quantization={"method": "QDQ static (onnxruntime QNN config), MinMax calibration",
+            quantization={"method": "QDQ static (onnxruntime QNN config), streamed MinMax calibration per part",
                           "activations": "uint16", "weights": f"int{settings.weight_bits} symmetric per-channel",
+                          "lm_head": f"int{settings.lm_head_bits} symmetric per-channel",
                           "calibration_text": job.calibration.label, "calibration_origin": job.calibration.origin,
                           "calibration_tokens": int(sum(len(s) for s in calibration_ids)),
                           **to_plain(settings)},
@@ -122,6 +162,7 @@ class QnnExporter:
                      "onnxruntime_qnn_version": versions.get("onnxruntime_qnn", ""),
                      "compiler": settings.compiler, "context_length": settings.context_length,
                      "prefill_chunk": settings.prefill_chunk, "socs": socs, "weights_shared": settings.share_weights,
+                     "parts": needs, "stage_seconds": timings,
                      "device_context": {"npu": {"max_prompt_tokens": settings.context_length - 1,
                                                 "max_total_tokens": settings.context_length}}},
             packages={name: version_of(name) or "not installed" for name in (
@@ -135,58 +176,79 @@ class QnnExporter:
         return job.calibration.sequences(job.source.path / "tokenizer.json", settings.calibration_sequences, length)
 
     @staticmethod
-    def _export_float(job: ExportJob, settings: QnnSettings, float_dir: Path) -> np.ndarray:
-        from safetensors.torch import load_file
-
-        tensors: dict[str, Any] = {}
-        for path in sorted(job.source.path.glob("*.safetensors")):
-            tensors.update(load_file(str(path)))
-        module = build_module(tensors, job.source.config)
-        embeddings = tensors["model.embed_tokens.weight"].float().numpy()
-        del tensors
+    def _export_part(job: ExportJob, settings: QnnSettings, part: DecoderPart, float_dir: Path) -> None:
+        """This part's float32 prefill and decode graphs, from only its tensors (memory-mapped reads)."""
+        cfg = job.source.config
+        module = build_module(part_tensors(job.source.path, part, cfg), cfg, part.layers, part.last)
         for graph, steps in (("prefill", settings.prefill_chunk), ("decode", 1)):
-            export_graph(module, job.source.config, steps, settings.context_length, float_dir / f"{graph}.onnx")
-        return embeddings
+            export_graph(module, cfg, steps, settings.context_length, float_dir / f"{part.graph_name(graph)}.onnx",
+                         part.layers, part.first, part.last)
+        del module
+        gc.collect()
 
     @staticmethod
-    def _calibration_feeds(float_dir: Path, embeddings: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                           shape: dict[str, int], settings: QnnSettings, sequences: list[list[int]]) -> dict:
-        record: dict[str, list] = {"prefill": [], "decode": []}
-        loop = KvCacheLoop(ep_sessions.runner(ep_sessions.cpu_session(float_dir / "prefill.onnx", 2)),
-                           ep_sessions.runner(ep_sessions.cpu_session(float_dir / "decode.onnx", 2)),
-                           embeddings, cos, sin, shape["layers"], shape["kv_heads"], shape["head_dim"],
-                           settings.context_length, settings.prefill_chunk, record=record)
-        for ids in sequences:
-            loop.reset()
-            prompt = ids[:min(2 * settings.prefill_chunk, len(ids))]
-            loop.prefill(prompt)
-            for token in ids[len(prompt):]:
-                loop.decode(token)
-        if not record["decode"]:  # sequences shorter than two chunks: decode once after each prompt
-            for ids in sequences:
-                loop.reset()
-                loop.prefill(ids[:-1])
-                loop.decode(ids[-1])
-        return record
+    def _quantize_part(job: ExportJob, settings: QnnSettings, part: DecoderPart, steps: list, store: np.ndarray,
+                       float_dir: Path, qdq_dir: Path, cos: np.ndarray, sin: np.ndarray, shape: dict) -> np.ndarray:
+        """Calibrate and quantize this part's two graphs; returns the next part's residual store."""
+        from .streamed_calibration import PartReader, residual_store
+
+        out = None if part.last else residual_store(job.work_dir / f"residual-{part.index + 1}.npy", steps,
+                                                    settings.prefill_chunk, shape["hidden_size"])
+        kv_dir = job.work_dir / f"prompt-kv-{part.index}"
+        kv_dir.mkdir()
+        for graph in GRAPHS:
+            float_model = float_dir / f"{part.graph_name(graph)}.onnx"
+            session = ep_sessions.cpu_session(float_model, 2)
+            reader = PartReader(session, part, steps, graph, store, out, cos, sin, settings.context_length,
+                                shape["kv_heads"], shape["head_dim"], kv_dir)
+            if len(reader) == 0:
+                raise BuildError(f"the calibration plan has no {graph} step", hint="give a longer calibration text")
+            quantize_graph(float_model, qdq_dir / f"{part.graph_name(graph)}.onnx", reader, settings.weight_bits,
+                           settings.lm_head_bits)
+            reader.finish()
+            del reader, session
+            float_model.unlink()
+            gc.collect()
+        shutil.rmtree(kv_dir, ignore_errors=True)
+        if out is not None:
+            out.flush()
+        previous = Path(store.filename) if getattr(store, "filename", None) else None
+        del store
+        if previous is not None:
+            previous.unlink(missing_ok=True)
+        return out
 
     @staticmethod
-    def _compile(qdq_dir: Path, out_dir: Path, name: str, soc: Any, settings: QnnSettings) -> dict[str, Any]:
-        out_dir.mkdir()
-        hub_jobs = {}
+    def _compile_part(qdq_dir: Path, out_dir: Path, part: DecoderPart, name: str, soc: Any, settings: QnnSettings,
+                      entry: dict) -> dict[str, str]:
+        files = {}
         for index, graph in enumerate(GRAPHS):
-            target = out_dir / f"{graph}_ctx.onnx"
+            source, target = qdq_dir / f"{part.graph_name(graph)}.onnx", out_dir / name / f"{part.graph_name(graph)}_ctx.onnx"
             if settings.compiler == "qai-hub":
-                hub_jobs[graph] = qai_hub_compiler.compile_on_hub(qdq_dir / f"{graph}.onnx", target, name, soc,
-                                                                  profile=settings.qai_hub_profile)
+                entry.setdefault("qai_hub_jobs", {})[part.graph_name(graph)] = qai_hub_compiler.compile_on_hub(
+                    source, target, name, soc, profile=settings.qai_hub_profile)
             else:
-                ep_sessions.compile_context(qdq_dir / f"{graph}.onnx", target, soc.soc_model, soc.htp_arch,
-                                            share=settings.share_weights, last_shared=index == len(GRAPHS) - 1)
-        files = sorted(str(p.relative_to(out_dir.parent)) for p in out_dir.iterdir())
-        entry = {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "device_ids": list(soc.device_ids),
-                 "prefill": f"{name}/prefill_ctx.onnx", "decode": f"{name}/decode_ctx.onnx", "files": files}
-        if hub_jobs:
-            entry["qai_hub_jobs"] = hub_jobs
-        return entry
+                ep_sessions.compile_context(source, target, soc.soc_model, soc.htp_arch, share=settings.share_weights,
+                                            last_shared=index == len(GRAPHS) - 1)
+            files[graph] = f"{name}/{target.name}"
+        return {"prefill": files["prefill"], "decode": files["decode"]}
+
+
+def _part_needs(out_dir: Path, parts: list[DecoderPart], socs: dict, shape: dict, settings: QnnSettings) -> list[dict]:
+    """What each part needs on the NPU: its compiled weights (the first SoC's binaries), its KV cache
+    (16-bit on the NPU) and an estimate of its largest activations (the prefill graph's attention scores)."""
+    first = next(iter(socs.values()))
+    needs = []
+    for part, files in zip(parts, first["parts"]):
+        binaries = sum(p.stat().st_size for g in GRAPHS for p in (out_dir / files[g]).parent.glob(
+            Path(files[g]).stem + "*") if p.is_file())
+        kv = 2 * len(part.layers) * shape["kv_heads"] * settings.context_length * shape["head_dim"] * 2
+        heads = shape["hidden_size"] // shape["head_dim"]
+        activations = 2 * settings.prefill_chunk * (heads * (settings.context_length + settings.prefill_chunk)
+                                                    + 4 * shape["hidden_size"]) * 2
+        needs.append({"layers": [part.start, part.stop], "weight_bytes": binaries, "kv_cache_bytes": kv,
+                      "activation_bytes": activations})
+    return needs
 
 
 def _shape(cfg: dict[str, Any]) -> dict[str, int]:

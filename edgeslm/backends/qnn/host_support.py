@@ -37,10 +37,28 @@ def place(fmt, host, artifact, explicit: bool) -> Placement | Rejection:
                          f"{details.get('qnn_sdk_version', '?')}); the installed {installed} bundles another QNN SDK "
                          f"(pip install 'onnxruntime-qnn=={compiled}', or rebuild)")
     socs = details.get("socs") or {}
-    if placement.device == "npu" and compiled_soc(socs, host.soc) is None:
+    soc = compiled_soc(socs, host.soc)
+    if placement.device == "npu" and soc is None:
         return Rejection(f"context binaries were compiled for {', '.join(socs) or 'no SoC'}; this device's SoC is "
                          f"{host.soc or 'unknown'}")
+    if placement.device == "npu" and (over := npu_budget_problem(details, socs[soc], soc)):
+        return Rejection(over)
     return placement
+
+
+def npu_budget_problem(details: dict, soc_entry: dict, soc: str) -> str | None:
+    """What the artifact's parts need on the HTP (compiled weights + 16-bit KV cache + the largest part's
+    activations) against what one process can map on that SoC (the recipe's npu_memory_mb)."""
+    parts = details.get("parts") or []
+    budget = int(soc_entry.get("npu_memory_mb") or 0) * 2**20
+    if not parts or not budget:
+        return None
+    need = sum(p["weight_bytes"] + p["kv_cache_bytes"] for p in parts) + max(p["activation_bytes"] for p in parts)
+    if need <= budget:
+        return None
+    return (f"its {len(parts)} part(s) need {need / 2**20:,.0f} MiB on the NPU (weights + KV cache at "
+            f"{details.get('context_length', '?')} tokens), more than the {budget / 2**20:,.0f} MiB {soc}'s HTP maps "
+            "per process (rebuild with a smaller qnn-context.context_length, or share_weights = true)")
 
 
 def compiled_soc(socs: dict, host_soc: str | None) -> str | None:

@@ -1,14 +1,17 @@
 """The host side of the static graphs: embeddings, rotary tables, mask and a fixed KV cache (numpy).
 
-Runs a prefill graph (``chunk`` tokens per call; the last chunk padded) and a one-token decode graph
-over a cache of ``context`` positions. Each call's new keys/values are written into the cache at the
-positions of the real tokens; padded rows are ignored. The same loop drives the float graphs (to
-record calibration inputs), the QDQ graphs on the CPU (quality) and the compiled graphs on the NPU.
+Runs the decoder's parts in sequence (``part_plan.py``), each a prefill graph (``chunk`` tokens per call;
+the last chunk padded) and a one-token decode graph over a cache of ``context`` positions: the embedding
+lookup feeds the first part, each part's hidden states the next, the last part gives the logits. Each
+call's new keys/values are written into the cache (host buffers, per layer) at the positions of the real
+tokens; padded rows are ignored. The same loop drives the QDQ graphs on the CPU (quality) and the compiled
+graphs on the NPU; ``position_feeds`` is also what the build's streamed calibration feeds the float graphs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,56 +21,63 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 MASK_VALUE = -100.0  # not -inf: keeps the 16-bit activation scale of the attention scores fine
 
 
+@dataclass(frozen=True)
+class PartRunners:
+    layers: range
+    input_name: str  # inputs_embeds (first part) or hidden_states
+    prefill: Runner
+    decode: Runner
+
+
+def position_feeds(start: int, steps: int, context: int, cos: np.ndarray, sin: np.ndarray) -> dict[str, np.ndarray]:
+    """cos/sin and the additive mask for ``steps`` new tokens after ``start`` cached ones."""
+    positions = np.minimum(np.arange(start, start + steps), context - 1)
+    mask = np.full((1, 1, steps, context + steps), MASK_VALUE, np.float32)
+    mask[..., :start] = 0.0
+    mask[0, 0, :, context:] = np.triu(np.full((steps, steps), MASK_VALUE, np.float32), 1)
+    return {"cos": cos[positions][None], "sin": sin[positions][None], "attention_mask": mask}
+
+
 class KvCacheLoop:
-    def __init__(self, prefill: Runner, decode: Runner, embeddings: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-                 layers: int, kv_heads: int, head_dim: int, context: int, chunk: int,
-                 record: dict[str, list] | None = None):
-        self.run_prefill, self.run_decode = prefill, decode
+    def __init__(self, parts: list[PartRunners], embeddings: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+                 kv_heads: int, head_dim: int, context: int, chunk: int):
+        self.parts = parts
         self.embeddings, self.cos, self.sin = embeddings, cos, sin
-        self.layers, self.context, self.chunk = layers, context, chunk
-        self.keys = [np.zeros((1, kv_heads, context, head_dim), np.float32) for _ in range(layers)]
-        self.values = [np.zeros((1, kv_heads, context, head_dim), np.float32) for _ in range(layers)]
-        self.record = record  # {"prefill": [...], "decode": [...]}: copies of every feed (calibration)
+        self.context, self.chunk = context, chunk
+        layers = [i for part in parts for i in part.layers]
+        self.keys = {i: np.zeros((1, kv_heads, context, head_dim), np.float32) for i in layers}
+        self.values = {i: np.zeros((1, kv_heads, context, head_dim), np.float32) for i in layers}
         self.length = 0
 
     def reset(self) -> None:
         self.length = 0  # stale cache entries stay masked out
 
-    def _feeds(self, ids: list[int], steps: int) -> dict[str, np.ndarray]:
-        padded = np.zeros(steps, dtype=np.int64)
-        padded[:len(ids)] = ids
-        start = self.length
-        positions = np.minimum(np.arange(start, start + steps), self.context - 1)
-        mask = np.full((1, 1, steps, self.context + steps), MASK_VALUE, np.float32)
-        mask[..., :start] = 0.0
-        mask[0, 0, :, self.context:] = np.triu(np.full((steps, steps), MASK_VALUE, np.float32), 1)
-        feeds = {"inputs_embeds": self.embeddings[padded][None].astype(np.float32),
-                 "cos": self.cos[positions][None], "sin": self.sin[positions][None], "attention_mask": mask}
-        for i in range(self.layers):
-            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = self.keys[i], self.values[i]
-        return feeds
-
-    def _step(self, ids: list[int], steps: int, run: Runner, kind: str) -> np.ndarray:
+    def _step(self, ids: list[int], steps: int, kind: str) -> np.ndarray:
         if self.length + len(ids) > self.context:
             raise ContextLengthError(f"{self.length + len(ids)} tokens do not fit the {self.context}-token context "
                                      "the NPU graphs were compiled for",
                                      hint="shorten the prompt or build with a larger qnn-context.context_length")
-        feeds = self._feeds(ids, steps)
-        if self.record is not None:
-            self.record[kind].append({k: v.copy() for k, v in feeds.items()})
-        outputs = run(feeds)
+        padded = np.zeros(steps, dtype=np.int64)
+        padded[:len(ids)] = ids
+        hidden = self.embeddings[padded][None].astype(np.float32)
+        common = position_feeds(self.length, steps, self.context, self.cos, self.sin)
         n, end = len(ids), self.length + len(ids)
-        for i in range(self.layers):
-            self.keys[i][:, :, self.length:end] = outputs[1 + 2 * i][:, :, :n]
-            self.values[i][:, :, self.length:end] = outputs[2 + 2 * i][:, :, :n]
+        for part in self.parts:
+            feeds = {part.input_name: hidden, **common}
+            for i in part.layers:
+                feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = self.keys[i], self.values[i]
+            outputs = (part.prefill if kind == "prefill" else part.decode)(feeds)
+            hidden = outputs[0]
+            for j, i in enumerate(part.layers):
+                self.keys[i][:, :, self.length:end] = outputs[1 + 2 * j][:, :, :n]
+                self.values[i][:, :, self.length:end] = outputs[2 + 2 * j][:, :, :n]
         self.length = end
-        return outputs[0][0, :n]
+        return hidden[0, :n]
 
     def prefill(self, ids: list[int]) -> np.ndarray:
         """Logits [len(ids), vocab] for every prompt token, in chunks."""
-        parts = [self._step(ids[s:s + self.chunk], self.chunk, self.run_prefill, "prefill")
-                 for s in range(0, len(ids), self.chunk)]
-        return np.concatenate(parts, 0)
+        return np.concatenate([self._step(ids[s:s + self.chunk], self.chunk, "prefill")
+                               for s in range(0, len(ids), self.chunk)], 0)
 
     def decode(self, token: int) -> np.ndarray:
-        return self._step([token], 1, self.run_decode, "decode")[0]
+        return self._step([token], 1, "decode")[0]

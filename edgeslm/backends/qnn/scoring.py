@@ -22,12 +22,12 @@ def window_logits(artifact_dir: Path, windows: list[list[int]], on_htp: bool = F
                   soc: str | None = None) -> Iterator[np.ndarray]:
     artifact = QnnArtifact.open(artifact_dir)
     if artifact.config.get("qdq") and not on_htp:
-        loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p, 2)),
-                             artifact.config["qdq"]["prefill"], artifact.config["qdq"]["decode"])
+        loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.cpu_session(p, 2)), "qdq")
     else:
-        entry = artifact.config["socs"][soc or next(iter(artifact.config["socs"]))]
+        soc = soc or next(iter(artifact.config["socs"]))
+        entry = artifact.config["socs"][soc]
         loop = artifact.loop(lambda p: ep_sessions.runner(ep_sessions.htp_session(
-            p, entry["soc_model"], entry["htp_arch"], threads=2)), entry["prefill"], entry["decode"])
+            p, entry["soc_model"], entry["htp_arch"], threads=2)), soc)
     for window in windows:
         loop.reset()
         yield loop.prefill(window)[:-1]

@@ -16,12 +16,16 @@ class SocParameters:
     htp_arch: Hexagon architecture version, the EP's ``htp_arch`` (this EP accepts 68, 69, 73, 75, 81).
     device_ids: how hosts report the SoC (device-tree compatible, Android ``ro.soc.model``), lower case.
     qai_hub_device: the Qualcomm AI Hub device name used by the optional cloud compiler.
+    npu_memory_mb: what one process may map on that SoC's HTP (context binaries + KV cache + activations):
+        selection refuses an artifact whose parts need more. The HTP maps through a 32-bit virtual address
+        space per session group (v73/v75: about 3.5 GB usable), whatever the device's RAM.
     """
 
     soc_model: int
     htp_arch: Literal[68, 69, 73, 75, 81]
     device_ids: tuple[str, ...] = ()
     qai_hub_device: str = ""
+    npu_memory_mb: int = 3584
 
 
 def _default_socs() -> Mapping[str, SocParameters]:
@@ -37,7 +41,11 @@ class QnnSettings:
 
     context_length: tokens the fixed KV cache holds (prompt + answer); the graphs are compiled for it.
     prefill_chunk: prompt tokens per prefill graph call (the last chunk is padded).
-    weight_bits: 8 (per-channel int8) or 4 (per-channel int4) weights; activations are 16-bit.
+    weight_bits: 4 (per-channel int4, the default: w4a16) or 8 (per-channel int8: a16w8) weights; activations
+        are 16-bit.
+    lm_head_bits: the LM head's weights (8 by default, as AI Hub's w4a16 Phi-3.5; 4 for the smallest binary).
+    part_layers: decoder layers per part (each part is its own pair of context binaries); 0 = as many as
+        fit ``part_budget_mb`` of float32 weights (the build's per-part memory: part_plan.py).
     calibration_sequences / calibration_decode_steps: how much of the calibration text is run through
         the float graphs to record activation ranges (each sequence: two prefill chunks, then decode steps).
     share_weights: one context binary for the prefill and decode graphs (``ep.share_ep_contexts``):
@@ -53,7 +61,10 @@ class QnnSettings:
 
     context_length: int = 1024
     prefill_chunk: int = 64
-    weight_bits: Literal[4, 8] = 8
+    weight_bits: Literal[4, 8] = 4
+    lm_head_bits: Literal[4, 8] = 8
+    part_layers: int = 0
+    part_budget_mb: int = 1900
     calibration_sequences: int = 8
     calibration_decode_steps: int = 16
     share_weights: bool = False
@@ -71,6 +82,9 @@ class QnnSettings:
             raise ValueError("calibration_sequences must be >= 1 and calibration_decode_steps >= 0")
         if not self.socs:
             raise ValueError("socs must name at least one SoC")
+        if self.part_layers < 0 or not 200 <= self.part_budget_mb <= 2000:
+            raise ValueError("part_layers must be >= 0 and part_budget_mb between 200 and 2000 (protobuf's 2 GB "
+                             "limit on one float graph)")
 
     def socs_for(self, target_socs: tuple[str, ...]) -> dict[str, SocParameters]:
         """The recipe's SoCs that the targets name (all of them when the targets name none); a target SoC

@@ -4,12 +4,15 @@ A plain-torch re-implementation from the checkpoint's tensors (no transformers c
 dynamic shapes, no Shape/Gather ops): RMSNorm, fused ``qkv_proj`` sliced with constant sizes, rotate-half
 RoPE with ``cos``/``sin`` given as inputs, softmax attention over a fixed-length past plus the new
 tokens under an additive mask, fused ``gate_up_proj`` SiLU MLP, final norm, LM head. The embedding
-lookup stays on the host. Graph I/O (per graph, T = prefill chunk or 1, CTX = context length):
+lookup stays on the host. The decoder is cut into parts of consecutive layers (``part_plan.py``); each
+part is its own pair of graphs. Graph I/O (per graph, T = prefill chunk or 1, CTX = context length):
 
-  inputs   inputs_embeds [1,T,hidden], cos/sin [1,T,head_dim], attention_mask [1,1,T,CTX+T],
-           past_key_i / past_value_i [1,kv_heads,CTX,head_dim] for each layer i
-  outputs  logits [1,T,vocab], present_key_i / present_value_i [1,kv_heads,T,head_dim] (the new tokens
-           only: the host writes them into its cache)
+  inputs   inputs_embeds (first part) or hidden_states (the others) [1,T,hidden], cos/sin [1,T,head_dim],
+           attention_mask [1,1,T,CTX+T], past_key_i / past_value_i [1,kv_heads,CTX,head_dim] for each
+           layer i of the part (global layer numbers)
+  outputs  logits [1,T,vocab] (last part: final norm + LM head) or hidden_states_out [1,T,hidden],
+           present_key_i / present_value_i [1,kv_heads,T,head_dim] (the new tokens only: the host writes
+           them into its cache)
 
 The host's mask (kv_cache_loop.MASK_VALUE) uses -100 rather than -inf so that the 16-bit activation
 scale of the scores stays fine.
@@ -21,22 +24,28 @@ from pathlib import Path
 from typing import Any
 
 
-def io_names(layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["inputs_embeds", "cos", "sin", "attention_mask"]
-    outputs = ["logits"]
-    for i in range(layers):
+def io_names(layers: range, first: bool = True, last: bool = True) -> tuple[list[str], list[str]]:
+    inputs = ["inputs_embeds" if first else "hidden_states", "cos", "sin", "attention_mask"]
+    outputs = ["logits" if last else "hidden_states_out"]
+    for i in layers:
         inputs += [f"past_key_{i}", f"past_value_{i}"]
         outputs += [f"present_key_{i}", f"present_value_{i}"]
     return inputs, outputs
 
 
-def build_module(tensors: dict[str, Any], config: dict[str, Any]) -> Any:
+def build_module(tensors: dict[str, Any], config: dict[str, Any], layers: range | None = None,
+                 last: bool = True) -> Any:
+    """The static graph module of ``layers`` (default: all), with the final norm and LM head if ``last``.
+    ``tensors`` needs only those layers' weights (and the head's for the last part)."""
     import torch
+
+    layer_ids = list(layers if layers is not None else range(int(config["num_hidden_layers"])))
 
     class StaticPhi3(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.layers = int(config["num_hidden_layers"])
+            self.layers = len(layer_ids)
+            self.last = last
             self.heads = int(config["num_attention_heads"])
             self.kv_heads = int(config.get("num_key_value_heads") or self.heads)
             self.head_dim = int(config.get("head_dim") or config["hidden_size"] // self.heads)
@@ -52,16 +61,16 @@ def build_module(tensors: dict[str, Any], config: dict[str, Any]) -> Any:
                 return layer
 
             prefix = "model.layers"
-            self.ln1 = torch.nn.ParameterList([param(f"{prefix}.{i}.input_layernorm.weight") for i in range(self.layers)])
+            self.ln1 = torch.nn.ParameterList([param(f"{prefix}.{i}.input_layernorm.weight") for i in layer_ids])
             self.ln2 = torch.nn.ParameterList(
-                [param(f"{prefix}.{i}.post_attention_layernorm.weight") for i in range(self.layers)])
-            self.qkv = torch.nn.ModuleList([linear(f"{prefix}.{i}.self_attn.qkv_proj.weight") for i in range(self.layers)])
-            self.o = torch.nn.ModuleList([linear(f"{prefix}.{i}.self_attn.o_proj.weight") for i in range(self.layers)])
-            self.gate_up = torch.nn.ModuleList(
-                [linear(f"{prefix}.{i}.mlp.gate_up_proj.weight") for i in range(self.layers)])
-            self.down = torch.nn.ModuleList([linear(f"{prefix}.{i}.mlp.down_proj.weight") for i in range(self.layers)])
-            self.norm = param("model.norm.weight")
-            self.lm_head = linear("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
+                [param(f"{prefix}.{i}.post_attention_layernorm.weight") for i in layer_ids])
+            self.qkv = torch.nn.ModuleList([linear(f"{prefix}.{i}.self_attn.qkv_proj.weight") for i in layer_ids])
+            self.o = torch.nn.ModuleList([linear(f"{prefix}.{i}.self_attn.o_proj.weight") for i in layer_ids])
+            self.gate_up = torch.nn.ModuleList([linear(f"{prefix}.{i}.mlp.gate_up_proj.weight") for i in layer_ids])
+            self.down = torch.nn.ModuleList([linear(f"{prefix}.{i}.mlp.down_proj.weight") for i in layer_ids])
+            if last:
+                self.norm = param("model.norm.weight")
+                self.lm_head = linear("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
 
         def rms(self, x: Any, weight: Any) -> Any:
             return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
@@ -94,23 +103,24 @@ def build_module(tensors: dict[str, Any], config: dict[str, Any]) -> Any:
                 gate_up = self.gate_up[i](self.rms(x, self.ln2[i]))
                 inner = gate_up.shape[-1] // 2
                 x = x + self.down[i](gate_up[..., inner:] * torch.nn.functional.silu(gate_up[..., :inner]))
-            return (self.lm_head(self.rms(x, self.norm)), *outputs)
+            return (self.lm_head(self.rms(x, self.norm)) if self.last else x, *outputs)
 
     return StaticPhi3().eval()
 
 
-def export_graph(module: Any, config: dict[str, Any], steps: int, context: int, path: Path) -> None:
+def export_graph(module: Any, config: dict[str, Any], steps: int, context: int, path: Path,
+                 layers: range | None = None, first: bool = True, last: bool = True) -> None:
     """Export one static graph (``steps`` new tokens over a ``context``-token cache) to ONNX (fp32)."""
     import torch
 
-    layers = int(config["num_hidden_layers"])
+    layers = layers if layers is not None else range(int(config["num_hidden_layers"]))
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     example = [torch.zeros(1, steps, int(config["hidden_size"])), torch.zeros(1, steps, head_dim),
                torch.zeros(1, steps, head_dim), torch.zeros(1, 1, steps, context + steps)]
-    example += [torch.zeros(1, kv_heads, context, head_dim) for _ in range(2 * layers)]
-    inputs, outputs = io_names(layers)
+    example += [torch.zeros(1, kv_heads, context, head_dim) for _ in range(2 * len(layers))]
+    inputs, outputs = io_names(layers, first, last)
     with torch.no_grad():
         torch.onnx.export(module, tuple(example), str(path), input_names=inputs, output_names=outputs,
                           opset_version=17, dynamo=False)
