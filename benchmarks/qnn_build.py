@@ -8,12 +8,17 @@ peak RSS of the process tree sampled every 0.2 s, ru_maxrss). Calibration text: 
 Models:
   docs21m           the 21.5M fixture (recipe defaults: context 1024, chunk 64, a16w8, both SoCs)
   full-width-N      the full-size random Phi-3.5-mini cut to its first N decoder layers (hidden 3072,
-                    vocab 32064, the real embedding and LM head), to measure what one full-size layer costs
-                    in time and memory and extrapolate to 32 layers. The full 32-layer model is not run:
-                    see docs/benchmarks.md for why it does not fit in 24 GB with this exporter.
+                    vocab 32064, the real embedding and LM head): with ``--part-layers K`` every part has K
+                    layers, so peak memory must not grow with N (the decoder is built part by part)
+  full              (``--whole``) the whole 32-layer checkpoint with the recipe's defaults (parts by the
+                    weight budget, w4a16, context 4096, chunk 128)
 
-Usage: python benchmarks/qnn_build.py --full /tmp/phi35-random-full [--layers 1,2] [--repeats 3]
-           [--full-repeats 1] [--out FILE]
+``--two-socs`` builds for snapdragon-x-elite and snapdragon-8-gen-3 (two SoCs' binaries) instead of one.
+Per run: wall, peak RSS (sampled tree sum, the largest process, ru_maxrss), artifact and per-SoC sizes, the
+manifest's per-part stage times (export, calibration + QDQ, compile) and quality.
+
+Usage: python benchmarks/qnn_build.py --full /tmp/phi35-random [--layers 2,4] [--part-layers 2] [--whole]
+           [--two-socs] [--repeats 3] [--full-repeats 1] [--no-docs] [--out FILE]
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 import build_full_size  # noqa: E402
-from build_full_size import failure_reason, host_info, measure, medians_by, tree_size  # noqa: E402
+from build_full_size import failure_reason, host_info, medians_by, tree_size  # noqa: E402
+from openvino_low_memory import measured  # noqa: E402 - measure() plus each process's peak RSS
 
 build_full_size.PACKAGES = ("edgeslm", "onnxruntime", "onnxruntime-qnn", "onnx", "torch")
 
@@ -60,21 +66,24 @@ def truncated_checkpoint(full: Path, layers: int, dest: Path) -> Path:
 def data_dir(work: Path) -> Path:
     data = work / "data"
     (data / "targets").mkdir(parents=True, exist_ok=True)
-    text = (ROOT / "targets" / "snapdragon-x-elite.toml").read_text()
-    (data / "targets" / "snapdragon-x-elite.toml").write_text(
-        text.replace('formats = ["qnn-context", "onnx-int4-cpu"]', 'formats = ["qnn-context"]'))
+    for target in ("snapdragon-x-elite", "snapdragon-8-gen-3"):
+        text = (ROOT / "targets" / f"{target}.toml").read_text()
+        reduced = text.replace('formats = ["qnn-context", "onnx-int4-cpu"]', 'formats = ["qnn-context"]')
+        assert reduced != text, f"targets/{target}.toml changed: update data_dir()"
+        (data / "targets" / f"{target}.toml").write_text(reduced)
     shutil.copytree(ROOT / "recipes", data / "recipes", dirs_exist_ok=True)
     return data
 
 
-def one_build(label: str, model: Path, work: Path, data: Path) -> dict:
+def one_build(label: str, model: Path, work: Path, data: Path, extra: tuple[str, ...] = ()) -> dict:
     out = work / f"{label}.bundle"
     cmd = [sys.executable, "-m", "edgeslm", "build", "--target", "snapdragon-x-elite", "--model", str(model),
            "--out", str(out), "--force", "--eval-text", str(ROOT / "examples" / "eval" / "docs-heldout.txt"),
-           "--eval-windows", "4", "--eval-window-tokens", "128", "--json"]
+           "--eval-windows", "4", "--eval-window-tokens", "128", "--json", *extra]
+    print(f"{label}: {' '.join(cmd)}", flush=True)
     os.environ["EDGESLM_DATA_DIR"] = str(data)
     try:
-        run = {"label": label, "command": cmd, **measure(cmd)}
+        run = {"label": label, "command": cmd, **measured(cmd)}
     finally:
         os.environ.pop("EDGESLM_DATA_DIR", None)
     run.pop("stdout")
@@ -89,6 +98,8 @@ def one_build(label: str, model: Path, work: Path, data: Path) -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     art = next(a for a in manifest["artifacts"] if a["id"] == "qnn-context")
     run["quality"] = art.get("quality")
+    run["parts"], run["stage_seconds"] = art["details"].get("parts"), art["details"].get("stage_seconds")
+    run["largest_process_bytes"] = max((p["peak_rss_bytes"] for p in run.get("processes", [])), default=None)
     print(f"{label}: {run['wall_s']:.1f} s, peak RSS {run['peak_rss_sampled_bytes'] / 1e9:.2f} GB, artifact "
           f"{run['artifact_bytes'] / 1e6:.1f} MB", flush=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -98,7 +109,11 @@ def one_build(label: str, model: Path, work: Path, data: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--full", default=None, help="full-size checkpoint to cut into full-width layer slices")
-    ap.add_argument("--layers", default="1,2")
+    ap.add_argument("--layers", default="2,4")
+    ap.add_argument("--part-layers", type=int, default=0, help="layers per part for the full-width slices")
+    ap.add_argument("--whole", action="store_true", help="also build the whole checkpoint (recipe defaults)")
+    ap.add_argument("--two-socs", action="store_true", help="compile for two SoCs instead of one")
+    ap.add_argument("--no-docs", action="store_true", help="skip the docs-model runs")
     ap.add_argument("--repeats", type=int, default=3, help="runs of the docs model")
     ap.add_argument("--full-repeats", type=int, default=1, help="runs of each full-width slice (minutes each)")
     ap.add_argument("--work", default=None)
@@ -106,11 +121,15 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="qnn-bench-"))
     data = data_dir(work)
-    models = [("docs21m", ROOT / "examples" / "models" / "phi3-docs-21m")]
+    models = [] if args.no_docs else [("docs21m", ROOT / "examples" / "models" / "phi3-docs-21m", ())]
+    socs = ("--target", "snapdragon-8-gen-3") if args.two_socs else ()
+    parts = ("--set", f"qnn-context.part_layers={args.part_layers}") if args.part_layers else ()
     if args.full:
-        models += [(f"full-width-{n}", truncated_checkpoint(Path(args.full), int(n), work / f"full-width-{n}"))
-                   for n in args.layers.split(",")]
-    runs = [one_build(label, model, work, data) for label, model in models
+        models += [(f"full-width-{n}", truncated_checkpoint(Path(args.full), int(n), work / f"full-width-{n}"),
+                    (*socs, *parts)) for n in filter(None, args.layers.split(","))]
+        if args.whole:
+            models.append(("full", Path(args.full), socs))
+    runs = [one_build(label, model, work, data, extra) for label, model, extra in models
             for _ in range(args.repeats if label == "docs21m" else args.full_repeats)]
     summary = medians_by(runs, "label", ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "artifact_bytes"))
     print(f"\n{'model':<16}{'wall s':>9}{'peak RSS GB':>13}{'artifact MB':>13}{'runs':>6}")

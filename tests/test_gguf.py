@@ -94,26 +94,25 @@ def converter(tmp_path_factory) -> Path:
     return folder / vendor / "convert_hf_to_gguf.py"
 
 
-def llama_cpp_reference(converter: Path, work: Path, ftype: str = "LLAMA_FTYPE_MOSTLY_Q4_0") -> Path:
-    """llama.cpp's own route: the converter's F16 GGUF, quantized by llama_model_quantize's default recipe."""
+@pytest.fixture(scope="module")
+def llama_q4_0(converter, tmp_path_factory) -> Path:
+    """llama.cpp's own route: the converter's F16 GGUF, quantized by llama_model_quantize's default Q4_0 recipe."""
+    work = tmp_path_factory.mktemp("llama-ref")
     f16, out = work / "ref-f16.gguf", work / "ref.gguf"
     proc = subprocess.run([sys.executable, str(converter), str(DOCS_MODEL), "--outfile", str(f16), "--outtype", "f16"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, ftype)
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
     assert llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), ctypes.byref(params)) == 0
     return out
 
 
-def perplexity(path: Path, windows: list[list[int]]) -> float:
+def perplexity(folder: Path, windows: list[list[int]]) -> float:
+    """Perplexity of the GGUF artifact folder ``folder`` (its model.gguf) on the windows, scored by edgeslm."""
     from edgeslm.backends.gguf import scoring
     from edgeslm.backends.log_likelihood import nll_per_window
 
-    folder = path.parent / f"{path.stem}-artifact"
-    folder.mkdir(exist_ok=True)
-    if not (folder / "model.gguf").exists():
-        os.link(path, folder / "model.gguf")
     nll = nll_per_window(scoring.window_logits(folder, windows), windows)
     return math.exp(sum(nll) / sum(len(w) - 1 for w in windows))
 
@@ -137,9 +136,9 @@ def test_manifest_entry_memory_model_and_quality(gguf_bundle):
     assert manifest.provenance.packages["gguf"] and manifest.provenance.packages["llama-cpp-python"]
 
 
-def test_tensors_and_metadata_match_llama_cpp_s_converter(gguf_bundle, converter, tmp_path):
+def test_tensors_and_metadata_match_llama_cpp_s_converter(gguf_bundle, llama_q4_0):
     ours = gguf.GGUFReader(str(gguf_bundle / "artifacts" / ART / "model.gguf"))
-    ref = gguf.GGUFReader(str(llama_cpp_reference(converter, tmp_path)))
+    ref = gguf.GGUFReader(str(llama_q4_0))
     assert set(ref.fields) - set(ours.fields) <= NAMING_KEYS
     for key in set(ours.fields) - NAMING_KEYS:
         mine, theirs = ours.fields[key], ref.fields[key]
@@ -157,10 +156,14 @@ def test_tensors_and_metadata_match_llama_cpp_s_converter(gguf_bundle, converter
         assert bytes(tensor.data) == bytes(other.data), tensor.name  # the same reference quantizer, bit for bit
 
 
-def test_perplexity_equals_llama_cpp_s_within_noise(gguf_bundle, converter, tmp_path):
+def test_perplexity_equals_llama_cpp_s_within_noise(gguf_bundle, llama_q4_0):
     windows = token_windows(8, 512)
-    ours = perplexity(gguf_bundle / "artifacts" / ART / "model.gguf", windows)
-    ref = perplexity(llama_cpp_reference(converter, tmp_path), windows)
+    ours = perplexity(gguf_bundle / "artifacts" / ART, windows)
+    ref_folder = llama_q4_0.parent / "artifact"
+    ref_folder.mkdir(exist_ok=True)
+    if not (ref_folder / "model.gguf").exists():
+        os.link(llama_q4_0, ref_folder / "model.gguf")
+    ref = perplexity(ref_folder, windows)
     source = source_perplexity(8, 512)
     assert 10 < source < 40
     assert abs(ours - ref) / ref < 0.005, (ours, ref)

@@ -359,3 +359,35 @@ def test_qai_hub_compiler_submits_jobs_and_places_the_models(qnn_bundle, tmp_pat
         "part1_decode_ctx.onnx", "part1_decode_ctx_qnn.bin", "part1_prefill_ctx.onnx", "part1_prefill_ctx_qnn.bin"]
     session = ep_sessions.htp_session(tmp_path / "SC8380XP" / "part1_decode_ctx.onnx", *SOCS["SC8380XP"])
     assert session.get_outputs()[0].name == "logits"
+
+
+def _build_peak_rss(model: Path, out: Path, *extra: str) -> int:
+    """ru_maxrss (bytes) of one build in a fresh wrapper process (its largest descendant)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgeslm", "build", "--target", "snapdragon-x-elite", "--model", str(model), "--out",
+           str(out), "--no-eval", *extra]
+    wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], capture_output=True).returncode; "
+               "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, timeout=1800)
+    rc, maxrss = proc.stdout.split()
+    assert rc == "0", proc
+    return int(maxrss) * 1024
+
+
+def test_build_memory_does_not_grow_with_the_number_of_layers(tmp_path):
+    # Wider than the demo model (hidden 1024, 67 MB of float32 weights per layer) so that a per-layer cost
+    # would show: the old exporter held every layer and every calibration feed (all layers' KV) at once.
+    from conftest import random_phi3_checkpoint
+
+    wide = {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_key_value_heads": 16}
+    settings = ["--set", "qnn-context.part_layers=1", "--set", "qnn-context.context_length=256",
+                "--set", "qnn-context.prefill_chunk=32", "--set", "qnn-context.calibration_sequences=2",
+                "--set", "qnn-context.calibration_decode_steps=4", "--calibration-text", str(EVAL / "docs-heldout.txt")]
+    peaks = {}
+    for layers in (1, 4):
+        model = random_phi3_checkpoint(tmp_path / f"wide-{layers}", num_hidden_layers=layers, **wide)
+        peaks[layers] = _build_peak_rss(model, tmp_path / f"wide-{layers}.bundle", *settings)
+    # 3 more layers would add >= 3 x 67 MB of weights (and their calibration feeds) if the build held them
+    assert peaks[4] - peaks[1] < 100 * 2**20, {k: v / 2**20 for k, v in peaks.items()}

@@ -1,11 +1,13 @@
 """How the decoder is cut into parts of consecutive layers, each compiled into its own context binaries.
 
-A part must stay small at every build stage: its float32 ONNX graph is under protobuf's 2 GB limit and
-its calibration and QDQ sessions hold two float copies at most, and on the device one context binary
-(w4: ~0.5 byte per weight) stays well under the HTP's per-context limit. ``plan_parts`` fills parts with
-layers up to ``budget_bytes`` of float32 weights (the last part also carries the final norm and the LM
+A part must stay small at every build stage: its float32 ONNX graph is under protobuf's 2 GB limit, and
+its calibration + QDQ step (onnxruntime's quantizer holds about seven float copies of the part: measured
+8.9 GB peak for a 1.3 GB part, docs/benchmarks.md) must fit a 16 GB workstation; on the device one context
+binary (w4: ~0.5 byte per weight) stays well under the HTP's per-context limit. ``plan_parts`` fills parts
+with layers up to ``budget_bytes`` of float32 weights (the last part also carries the final norm and the LM
 head), or takes ``part_layers`` layers per part when that is set. The demo model is one part; the full
-Phi-3.5-mini (453 MB of float32 weights per layer, a 394 MB LM head) is 8 parts at the default budget.
+Phi-3.5-mini (453 MB of float32 weights per layer, a 394 MB LM head) is 32 one-layer parts at the default
+budget of 900 MB.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def layer_weight_bytes(config: dict) -> tuple[int, int]:
     return 4 * layer, 4 * (hidden * shape.vocab_size + hidden)
 
 
-def plan_parts(config: dict, part_layers: int = 0, budget_bytes: int = 1_900_000_000) -> list[DecoderPart]:
+def plan_parts(config: dict, part_layers: int = 0, budget_bytes: int = 900_000_000) -> list[DecoderPart]:
     layers = ModelShape.of(config).layers
     if part_layers:
         sizes = [min(part_layers, layers - s) for s in range(0, layers, part_layers)]

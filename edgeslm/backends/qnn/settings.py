@@ -64,7 +64,7 @@ class QnnSettings:
     weight_bits: Literal[4, 8] = 4
     lm_head_bits: Literal[4, 8] = 8
     part_layers: int = 0
-    part_budget_mb: int = 1900
+    part_budget_mb: int = 900
     calibration_sequences: int = 8
     calibration_decode_steps: int = 16
     share_weights: bool = False
