@@ -11,6 +11,8 @@ On the full-size checkpoint (random weights, real Phi-3.5-mini shapes):
   cache is reset before each run so that every run pays the whole prompt), and raw llama-cpp-python on
   the same GGUF file (``Llama(n_ctx=N, n_threads=physical cores, n_batch=512)``, eval + argmax, the same
   prompt ids and definitions). One warm-up, then ``--repeats`` runs, medians; peak RSS of each child.
+* ``--interleaved-context N``: edgeslm's engine path (``LLM.stream``) and a raw eval + argmax loop on the very
+  same ``llama_cpp.Llama`` object, alternating in one process (so that other load on the host hits both alike).
 * quality: perplexity on the demo model (held-out docs, 8x512 tokens) of our GGUF, llama.cpp's Q4_0 of the
   same checkpoint, the ONNX artifact and the source (fp32 transformers).
 
@@ -59,17 +61,14 @@ print(json.dumps({"prompt_ids": llm.prompt_ids(messages), "runs": runs[1:], "con
                   "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
-RAW_RUN = """import ctypes, json, resource, sys, time
+GREEDY = """import json, resource, sys, time
 import numpy as np
 import llama_cpp
-path, context, ids, tokens, repeats, threads = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), \\
-    int(sys.argv[5]), int(sys.argv[6])
-llm = llama_cpp.Llama(path, n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
-n_vocab = llm.n_vocab()
-def argmax():
-    return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).argmax())
-runs = []
-for _ in range(repeats + 1):
+def raw_run(llm, ids, tokens):
+    \"\"\"One greedy generation from an empty KV cache: eval + argmax of the last logits, EOS ignored.\"\"\"
+    n_vocab = llm.n_vocab()
+    def argmax():
+        return int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,)).argmax())
     llm.reset()
     start = time.perf_counter()
     llm.eval(ids)
@@ -78,9 +77,37 @@ for _ in range(repeats + 1):
     for _ in range(tokens - 1):
         llm.eval([token])
         token = argmax()
-    last = time.perf_counter()
-    runs.append({"ttft_s": first - start, "tok_s": (tokens - 1) / (last - first), "tokens": tokens})
+    return {"ttft_s": first - start, "tok_s": (tokens - 1) / (time.perf_counter() - first), "tokens": tokens}
+"""
+
+RAW_RUN = GREEDY + """
+path, context, ids, tokens, repeats, threads = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]), \\
+    int(sys.argv[5]), int(sys.argv[6])
+llm = llama_cpp.Llama(path, n_ctx=context, n_batch=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+runs = [raw_run(llm, ids, tokens) for _ in range(repeats + 1)]
 print(json.dumps({"runs": runs[1:], "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+INTERLEAVED = GREEDY + """
+import edgeslm
+bundle, context, prompt, tokens, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+llm = edgeslm.load(bundle, artifact="gguf", context=context)
+raw = llm.engine.llm  # the same llama_cpp.Llama object: only the code around it differs
+messages = [{"role": "user", "content": prompt}]
+ids = llm.prompt_ids(messages)
+def edgeslm_run():
+    raw.reset()
+    stream = llm.stream(messages, max_new_tokens=tokens)
+    for _ in stream:
+        pass
+    return {"ttft_s": stream.result.time_to_first_token_s, "tok_s": stream.result.decode_tokens_per_s,
+            "tokens": stream.result.usage.completion_tokens}
+edgeslm_run(); raw_run(raw, ids, tokens)  # warm-up
+runs = {"edgeslm": [], "raw": []}
+for _ in range(repeats):
+    runs["edgeslm"].append(edgeslm_run())
+    runs["raw"].append(raw_run(raw, ids, tokens))
+print(json.dumps({"prompt_tokens": len(ids), "runs": runs}))
 """
 
 
@@ -231,6 +258,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--decode-tokens", type=int, default=48)
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--interleaved-context", type=int, default=0,
+                    help="also: edgeslm's engine and a raw eval loop on the same Llama object, alternating in one process")
     ap.add_argument("--json-out", type=Path, default=HERE / "results" / "gguf_vs_llama.json")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -265,6 +294,18 @@ def main() -> None:
         build_onnx(args.checkpoint, onnx_bundle)
         report["decode"] = decode_rows(gguf_bundle, onnx_bundle, [int(c) for c in args.contexts.split(",")],
                                        args.decode_tokens, args.repeats, env)
+    if args.interleaved_context:
+        log(f"interleaved edgeslm / raw runs at context {args.interleaved_context}")
+        load = os.getloadavg()[0]
+        out = json.loads(timed([sys.executable, "-c", INTERLEAVED, str(gguf_bundle), str(args.interleaved_context), PROMPT,
+                                str(args.decode_tokens), str(max(args.repeats, 3))], env)["stdout"])
+        row = {"context": args.interleaved_context, "prompt_tokens": out["prompt_tokens"], "load_average_1min": load}
+        for name, runs in out["runs"].items():
+            row[name] = {"decode_tok_s": round(statistics.median(r["tok_s"] for r in runs), 3),
+                         "ttft_s": round(statistics.median(r["ttft_s"] for r in runs), 3), "runs": runs}
+        row["edgeslm_vs_raw_decode"] = round(row["edgeslm"]["decode_tok_s"] / row["raw"]["decode_tok_s"], 3)
+        report["interleaved"] = row
+        log(f"interleaved: {row['edgeslm_vs_raw_decode']}")
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "decode"}, indent=1))
