@@ -395,3 +395,52 @@ def test_build_memory_does_not_grow_with_the_number_of_layers(tmp_path):
     # process): the bound is 2x a layer's float32 weights per added layer, still ~7x under the old growth.
     layer_bytes = 4 * (1024 * 3 * 1024 + 1024 * 1024 + 1024 * 2 * 4096 + 4096 * 1024)
     assert peaks[4] - peaks[1] < 2 * 3 * layer_bytes, {k: v / 2**20 for k, v in peaks.items()}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_vectorized_weight_quantization_is_byte_identical_to_onnxruntimes(bits):
+    import onnx
+    from onnxruntime.quantization import qdq_quantizer, quant_utils
+
+    from edgeslm.backends.qnn.quantizer_speedups import fast_weight_quantization, pack_int4
+
+    for n in (0, 1, 7, 4097):  # the packing alone, odd tails included
+        src = np.random.default_rng(n).integers(-8, 8, n).astype(np.int8).tobytes()
+        assert bytes(pack_int4(src)) == bytes(quant_utils.pack_bytes_to_4bit(src))
+    rng = np.random.default_rng(bits)
+    weight = onnx.numpy_helper.from_array(rng.standard_normal((96, 40)).astype(np.float32), "w")
+    quant_type = onnx.TensorProto.INT4 if bits == 4 else onnx.TensorProto.INT8
+    scale = (np.abs(rng.standard_normal(40)) / 5 + 0.01).astype(np.float32)
+    zero = np.zeros(40, dtype=np.int8)
+    expected = quant_utils.quantize_onnx_initializer(weight, quant_type, zero, scale, axis=1)
+    with fast_weight_quantization():
+        assert qdq_quantizer.quantize_onnx_initializer is not quant_utils.quantize_onnx_initializer
+        fast = qdq_quantizer.quantize_onnx_initializer(weight, quant_type, zero, scale, axis=1)
+    assert qdq_quantizer.quantize_onnx_initializer is quant_utils.quantize_onnx_initializer  # undone on exit
+    assert fast.SerializeToString() == expected.SerializeToString()
+
+
+def test_static_graphs_are_declared_opset_21_and_compute_the_same(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from edgeslm.backends.qnn.static_decoder import declare_opset_21
+
+    class Norm(torch.nn.Module):
+        def forward(self, x):
+            a, b = (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)).split(4, -1)
+            return torch.softmax(a * b, -1).reshape(1, -1)
+
+    path = tmp_path / "g.onnx"
+    torch.onnx.export(Norm(), (torch.randn(1, 3, 8),), str(path), opset_version=20, dynamo=False)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8)).astype(np.float32)
+    first = ort.InferenceSession(str(path))
+    before = first.run(None, {first.get_inputs()[0].name: x})
+    declare_opset_21(path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [21]
+    session = ort.InferenceSession(str(path))
+    after = session.run(None, {session.get_inputs()[0].name: x})
+    assert np.array_equal(before[0], after[0])

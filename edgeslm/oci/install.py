@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..bundle.signatures import check_signatures
+from ..bundle.signatures import SIGNATURE_NAME, SIGNED_MANIFEST_NAME, check_signatures
 from ..errors import UsageError
 from ..flash.device_layout import Layout, activate, active_version, prune
 from ..flash.device_trust import apply_updates, device_keys, planned_keys
@@ -46,8 +46,8 @@ def install_from_oci(reference: str, dest: Path, target: str | None = None, plai
         new_keys = None
         if keys:  # the device's own policy, before any large download
             texts = resolved.texts()
-            check = check_signatures(texts["manifest.json"], texts.get("manifest.sig"),
-                                     texts.get("signed-manifest.json"), keys, str(ref))
+            check = check_signatures(texts["manifest.json"], texts.get(SIGNATURE_NAME),
+                                     texts.get(SIGNED_MANIFEST_NAME), keys, str(ref))
             report.signed_by = [f"{s.signer} ({s.key_id})" for s in check.accepted]
             new_keys = planned_keys(keys, check)
         version = resolved.version

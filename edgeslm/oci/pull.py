@@ -26,7 +26,7 @@ from ..flash.rate_limit import RateLimiter, parse_rate
 from ..progress import NullProgress, Progress
 from .bundle_layout import MANIFEST_MEDIA_TYPE, OciBundle, oci_to_bundle
 from .reference import Reference, parse_reference
-from .registry_client import CHUNK, RegistryClient, _httpx
+from .registry_client import CHUNK, RegistryClient, import_httpx
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _download(client: RegistryClient, ref: Reference, entry: FileEntry, dest: Pa
             while block := handle.read(CHUNK):
                 digest.update(block)
     response = client.open_blob(ref.repository, f"sha256:{entry.sha256}", offset)
-    httpx = _httpx()
+    httpx = import_httpx()
     try:
         if offset and response.status_code != 206:  # the registry ignored the Range: start again
             offset, digest = 0, hashlib.sha256()

@@ -20,7 +20,7 @@ from .registry_auth import Credentials, find_credentials, parse_challenge
 CHUNK = 1 << 20
 
 
-def _httpx():
+def import_httpx():
     try:
         import httpx
     except ImportError:
@@ -31,7 +31,7 @@ def _httpx():
 class RegistryClient:
     def __init__(self, registry: str, plain_http: bool = False, credentials: Credentials | None = None,
                  timeout: float = 60.0):
-        httpx = _httpx()
+        httpx = import_httpx()
         self.registry = registry
         self.base = f"{'http' if plain_http else 'https'}://{registry}"
         self.credentials = credentials if credentials is not None else find_credentials(registry)
@@ -50,7 +50,7 @@ class RegistryClient:
     # -- requests with the registry's challenge answered ------------------------------------------
     def _send(self, method: str, url: str, repository: str, push: bool = False, stream: bool = False,
               headers: dict | None = None, content=None):
-        httpx = _httpx()
+        httpx = import_httpx()
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
         for attempt in range(2):
             sent = dict(headers or {})
@@ -100,7 +100,7 @@ class RegistryClient:
                 headers["Authorization"] = creds.basic()
             elif creds is not None and creds.token:
                 headers["Authorization"] = f"Bearer {creds.token}"
-            httpx = _httpx()
+            httpx = import_httpx()
             try:
                 answer = self._http.get(params["realm"], params=query, headers=headers)
             except httpx.HTTPError as exc:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .quantizer_speedups import fast_weight_quantization
+
 
 def quantize_graph(float_model: Path, qdq_model: Path, reader: Any, weight_bits: int, lm_head_bits: int = 8) -> None:
     import onnx
@@ -32,4 +34,5 @@ def quantize_graph(float_model: Path, qdq_model: Path, reader: Any, weight_bits:
     config = get_qnn_qdq_config(str(float_model), reader, calibrate_method=CalibrationMethod.MinMax,
                                 activation_type=QuantType.QUInt16, weight_type=QuantType.QInt8,
                                 per_channel=False, init_overrides=overrides, stride=1)
-    quantize(str(float_model), str(qdq_model), config)
+    with fast_weight_quantization():
+        quantize(str(float_model), str(qdq_model), config)
