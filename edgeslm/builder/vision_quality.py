@@ -136,7 +136,10 @@ def score_vision(plan: VisionEvalPlan, reference: VisionReference, source_dir: P
         norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
         cosines.append(float(((got * expected).sum(axis=1) / np.maximum(norms, 1e-12)).min()))
         errors.append(float(np.abs(got - expected).max()))
-    tokens = scorer.answer_tokens(artifact_dir, list(zip(inputs.ids, inputs.images)), MAX_NEW_TOKENS, STOP_IDS)
+    # a scorer that runs a pipeline on text and image files (OpenVINO's VLMPipeline) gets those too
+    raw = {"texts": [vision_prompt(q.question) for q in plan.questions], "image_paths": inputs.image_of} \
+        if getattr(scorer, "ANSWERS_FROM_TEXT", False) else {}
+    tokens = scorer.answer_tokens(artifact_dir, list(zip(inputs.ids, inputs.images)), MAX_NEW_TOKENS, STOP_IDS, **raw)
     answers = [_decode(source_dir, t) for t in tokens]
     source_right = [is_right(a, q) for a, q in zip(reference.answers, plan.questions)]
     artifact_right = [is_right(a, q) for a, q in zip(answers, plan.questions)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -47,6 +47,8 @@ class ProcessedImages:
     pixel_values: np.ndarray
     image_sizes: np.ndarray
     num_img_tokens: tuple[int, ...]
+    # the images as given (PIL): for pipelines that preprocess raw images themselves (OpenVINO's VLMPipeline)
+    sources: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def count(self) -> int:
@@ -246,7 +248,8 @@ def preprocess(images: Sequence[Image.Image], num_crops: int = 4, mean: Sequence
         sizes.append((height, width))
         tokens.append(tokens_for_grid(rows, cols))
     image_sizes = np.array(sizes, dtype=np.int64).reshape(len(images), 2)
-    return ProcessedImages(pixel_values=pixel_values, image_sizes=image_sizes, num_img_tokens=tuple(tokens))
+    return ProcessedImages(pixel_values=pixel_values, image_sizes=image_sizes, num_img_tokens=tuple(tokens),
+                           sources=tuple(images))
 
 
 def _channel_values(values: Sequence[float], name: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..log_likelihood import nll_per_window
+from .vision_scoring import answer_tokens, image_features  # noqa: F401  (the scorer's image side)
 
 
 def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:

@@ -21,6 +21,9 @@ class MlxSettings:
     dtype: precision of the unquantized tensors (norms, scales): ``auto`` keeps the checkpoint's.
     awq_samples / awq_sequence_length: how many token windows of the calibration text AWQ runs on.
     awq_grid: points of AWQ's scale and clip search (mlx-lm uses 20).
+    num_crops: Phi-3.5-vision only: the most 336-px crops an image is cut into (1..16; the checkpoint's 4).
+    vision_precision: Phi-3.5-vision only: the CLIP tower's and projection's weights, ``float16`` (half the
+        size, the layout Macs run) or ``float32``.
     """
 
     bits: Literal[4, 8] = 4
@@ -30,8 +33,12 @@ class MlxSettings:
     awq_samples: int = 32
     awq_sequence_length: int = 512
     awq_grid: int = 20
+    num_crops: int = 4
+    vision_precision: Literal["float16", "float32"] = "float16"
 
     def __post_init__(self) -> None:
+        if not 1 <= self.num_crops <= 16:
+            raise ValueError(f"num_crops must be between 1 and 16, got {self.num_crops}")
         if self.awq_samples < 1 or self.awq_sequence_length < 16 or self.awq_grid < 2:
             raise ValueError("awq_samples must be >= 1, awq_sequence_length >= 16 and awq_grid >= 2")
 

@@ -139,6 +139,13 @@ class OpenVinoEngine:
 
 def open_engine(artifact_dir: Path, candidate: Candidate, host: HostProfile, manifest: Manifest,
                 threads: int | None = None) -> OpenVinoEngine:
+    if candidate.artifact.vision is not None:  # Phi-3.5-vision: VLMPipeline (vision_engine)
+        from .vision_engine import OpenVinoVisionEngine, vlm_properties
+
+        return OpenVinoVisionEngine(artifact_dir, candidate.device,  # type: ignore[return-value]
+                                    vlm_properties(candidate.device, dict(candidate.artifact.details),
+                                                   threads or host.physical_cores),
+                                    candidate.artifact.vision.num_crops, tuple(manifest.chat.stop_token_ids))
     properties = pipeline_properties(candidate.device, dict(candidate.artifact.details),
                                      threads or host.physical_cores)
     return OpenVinoEngine(artifact_dir, candidate.device, properties)

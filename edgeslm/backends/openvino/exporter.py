@@ -57,6 +57,17 @@ class OpenVinoExporter:
             from ..onnx_genai.streaming_export import check_checkpoint
 
             check_checkpoint(source.path, source.config)
+        from ..onnx_genai.phi3v_export import check_vision_tensors, is_vision_checkpoint
+
+        if is_vision_checkpoint(source.config):
+            if settings.exporter != "onnx-streaming":
+                raise UsageError("optimum-intel exports Phi-3.5-vision only with the checkpoint's remote code, which "
+                                 "edgeslm never runs", hint="drop exporter=optimum-intel: edgeslm's own route builds "
+                                                            "the VLMPipeline file set")
+            from .vision_modules import check_width
+
+            require_modules(("torch", "nncf"), "the OpenVINO vision exporter", "build-openvino")
+            check_width(check_vision_tensors(source.path, source.config))
 
     def estimate_output_bytes(self, source: SourceModel, settings: OpenVinoSettings) -> int:
         per_weight = 0.6 if settings.bits == 4 else 1.1
@@ -66,6 +77,19 @@ class OpenVinoExporter:
         settings: OpenVinoSettings = job.settings
         self.check_settings(settings, job.source)
         log_path = job.work_dir / f"{job.fmt.name}-export.log"
+        from ..onnx_genai.phi3v_export import is_vision_checkpoint
+
+        if is_vision_checkpoint(job.source.config):
+            from .vision_export import export_vision_artifact, tokenizer_view, vision_result
+
+            details = export_vision_artifact(job, progress, log_path)
+            with progress.task(f"{job.fmt.name}: OpenVINO tokenizer and detokenizer"):
+                view = tokenizer_view(job.source.path, job.work_dir / f"{job.fmt.name}-tokenizer-view")
+                _convert_tokenizer(view, job.out_dir, log_path)
+            method = "round-to-nearest int4_sym (MLAS) + int8_sym lm_head/table; vision parts NNCF " + \
+                settings.vision_precision
+            return vision_result(job, settings, details, method, _result(job, settings, method, {},
+                                                                          "openvino_language_model.xml"))
         if settings.exporter == "onnx-streaming":
             method, details = "round-to-nearest int4_sym (MLAS) + int8_sym tables", _onnx_route(job, progress, log_path)
         else:
@@ -132,20 +156,24 @@ def _optimum_route(job: ExportJob, settings: OpenVinoSettings, progress: Progres
             if calibration else ""}
 
 
-def _result(job: ExportJob, settings: OpenVinoSettings, method: str, route: dict) -> ExportResult:
-    stats = weight_compression_stats(job.out_dir / "openvino_model.xml")
+def _result(job: ExportJob, settings: OpenVinoSettings, method: str, route: dict,
+            model_xml: str = "openvino_model.xml") -> ExportResult:
+    stats = weight_compression_stats(job.out_dir / model_xml)
     cfg = job.source.config
     max_total = int(cfg.get("max_position_embeddings", job.default_total_tokens))
     npu_total = settings.npu_max_prompt_len + settings.npu_min_response_len
+    options = asdict(settings)
+    if model_xml == "openvino_model.xml":  # a text model: the image options do not apply
+        options.pop("num_crops"), options.pop("vision_precision")
     return ExportResult(
-        quantization={"method": method, **asdict(settings),
+        quantization={"method": method, **options,
                       "calibration_text": route.pop("calibration_text", ""),
                       "ir_weights": stats},
         max_total_tokens=max_total,
         max_prompt_tokens=max_total - 1,
         kv_cache_bytes_per_token=ModelShape.of(cfg).kv_cache_bytes_per_token(KV_BYTES),
         kv_cache_dtype="float16",
-        weight_bytes=(job.out_dir / "openvino_model.bin").stat().st_size,
+        weight_bytes=(job.out_dir / model_xml).with_suffix(".bin").stat().st_size,
         runtime_overhead_bytes=400 * 2**20,
         details={
             "devices": list(settings.devices),

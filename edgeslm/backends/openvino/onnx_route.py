@@ -70,15 +70,16 @@ def stream_onnx(source: Path, work_dir: Path, config: dict[str, Any], group_size
     return path
 
 
-def make_stateful(model) -> int:
+def make_stateful(model, batch_input: str = "input_ids") -> int:
     """KV cache as state, as optimum-intel does: a ``beam_idx`` input reorders the past KV (Gather),
     ``apply_make_stateful_transformation`` turns past/present pairs into ReadValue/Assign, and each
-    state starts as zeros [batch, kv_heads, 0, head_dim]. Returns the number of states."""
+    state starts as zeros [batch, kv_heads, 0, head_dim], the batch read from ``batch_input``
+    (``inputs_embeds`` for a decoder on embeddings). Returns the number of states."""
     import openvino as ov
     from openvino import opset13 as op
     from openvino._offline_transformations import apply_make_stateful_transformation
 
-    ids = model.input("input_ids")
+    ids = model.input(batch_input)
     beam_idx = op.parameter(ov.PartialShape([ids.get_partial_shape()[0]]), ov.Type.i32, name="beam_idx")
     beam_idx.output(0).get_tensor().set_names({"beam_idx"})
     model.add_parameters([beam_idx])

@@ -124,8 +124,8 @@ def int8_embedding_and_lm_head(model, half: bool) -> int:
             del const, table, weights, new
             done += 1
     del logits
-    ids = model.input("input_ids")
-    for target in ids.get_target_inputs():
+    ids = next((port for port in model.inputs if "input_ids" in port.get_names()), None)
+    for target in ids.get_target_inputs() if ids is not None else ():  # no table in a decoder on inputs_embeds
         gather = target.get_node()
         while gather.get_type_name() == "Convert":  # the frontend may cast the ids to i32 first
             gather = next(iter(gather.output(0).get_target_inputs())).get_node()

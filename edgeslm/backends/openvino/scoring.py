@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from ..log_likelihood import nll_per_window
+from .vision_scoring import ANSWERS_FROM_TEXT, answer_tokens, image_features  # noqa: F401  (the image side)
 
 
 def window_logits(artifact_dir: Path, windows: list[list[int]]) -> Iterator[np.ndarray]:
     import openvino as ov
+
+    if (artifact_dir / "openvino_language_model.xml").is_file():  # Phi-3.5-vision: the decoder on embeddings
+        from .vision_scoring import window_logits as on_embeds
+
+        yield from on_embeds(artifact_dir, windows)
+        return
 
     compiled = ov.Core().compile_model(str(artifact_dir / "openvino_model.xml"), "CPU")
     names = {port.get_any_name() for port in compiled.inputs}

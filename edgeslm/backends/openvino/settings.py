@@ -28,6 +28,9 @@ class OpenVinoSettings:
     calibration_samples: how many text chunks NNCF calibrates on.
     devices: the OpenVINO devices the IR is meant for, best first (recorded in the manifest).
     npu_max_prompt_len / npu_min_response_len: the static shapes the NPU pipeline is compiled for.
+    num_crops / vision_precision (Phi-3.5-vision only): most 336-px crops per image (written to the
+        artifact's preprocessor_config.json, which VLMPipeline reads) and the vision parts' linear
+        layers: int8 (NNCF int8_asym) or float16.
     """
 
     exporter: Literal["onnx-streaming", "optimum-intel"] = "onnx-streaming"
@@ -43,6 +46,8 @@ class OpenVinoSettings:
     devices: tuple[Literal["NPU", "GPU", "CPU"], ...] = ("NPU", "GPU", "CPU")
     npu_max_prompt_len: int = 1024
     npu_min_response_len: int = 128
+    num_crops: int = 4
+    vision_precision: Literal["int8", "float16"] = "int8"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
@@ -51,6 +56,8 @@ class OpenVinoSettings:
             raise ValueError("calibration_samples must be at least 1")
         if self.npu_max_prompt_len < 64 or self.npu_min_response_len < 16:
             raise ValueError("npu_max_prompt_len must be >= 64 and npu_min_response_len >= 16")
+        if not 1 <= self.num_crops <= 16:
+            raise ValueError(f"num_crops must be from 1 to 16, got {self.num_crops}")
 
     @property
     def bits(self) -> int:
