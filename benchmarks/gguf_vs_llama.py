@@ -260,6 +260,8 @@ def main() -> None:
     ap.add_argument("--skip-decode", action="store_true")
     ap.add_argument("--interleaved-context", type=int, default=0,
                     help="also: edgeslm's engine and a raw eval loop on the same Llama object, alternating in one process")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="reuse the bundles of an earlier run in --work: no perplexity, no builds, only decode rows")
     ap.add_argument("--json-out", type=Path, default=HERE / "results" / "gguf_vs_llama.json")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -277,21 +279,22 @@ def main() -> None:
                     "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": \t"),
                     "llama_cpp_python": llama_cpp.__version__, "decode_tokens": args.decode_tokens,
                     "repeats": args.repeats}
-    log("demo-model perplexity")
-    report["demo_perplexity_8x512"] = demo_perplexity(args.work, data)
-    log(f"perplexity: {report['demo_perplexity_8x512']}")
-    gguf_bundle = args.work / "full-gguf.bundle"
-    log("full size: edgeslm's GGUF writer")
-    report["build"] = {"edgeslm gguf writer (Q4_0)": build_ours(args.checkpoint, gguf_bundle, data)}
-    log(f"ours: {report['build']}")
-    log("full size: llama.cpp's converter + quantize")
-    report["build"]["llama.cpp convert_hf_to_gguf f16 + llama_model_quantize Q4_0"] = build_llama(
-        args.checkpoint, args.work, "full")
-    log(f"build: {report['build']}")
+    gguf_bundle, onnx_bundle = args.work / "full-gguf.bundle", args.work / "full-onnx.bundle"
+    if not args.decode_only:
+        log("demo-model perplexity")
+        report["demo_perplexity_8x512"] = demo_perplexity(args.work, data)
+        log(f"perplexity: {report['demo_perplexity_8x512']}")
+        log("full size: edgeslm's GGUF writer")
+        report["build"] = {"edgeslm gguf writer (Q4_0)": build_ours(args.checkpoint, gguf_bundle, data)}
+        log(f"ours: {report['build']}")
+        log("full size: llama.cpp's converter + quantize")
+        report["build"]["llama.cpp convert_hf_to_gguf f16 + llama_model_quantize Q4_0"] = build_llama(
+            args.checkpoint, args.work, "full")
+        log(f"build: {report['build']}")
     if not args.skip_decode:
-        onnx_bundle = args.work / "full-onnx.bundle"
-        log("full size: ONNX artifact")
-        build_onnx(args.checkpoint, onnx_bundle)
+        if not args.decode_only:
+            log("full size: ONNX artifact")
+            build_onnx(args.checkpoint, onnx_bundle)
         report["decode"] = decode_rows(gguf_bundle, onnx_bundle, [int(c) for c in args.contexts.split(",")],
                                        args.decode_tokens, args.repeats, env)
     if args.interleaved_context:
