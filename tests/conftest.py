@@ -123,6 +123,25 @@ def import_blocker(tmp_path: Path, *top_level: str) -> dict:
 PROMPTS = [json.loads(line)["messages"] for line in (EVAL / "chat-prompts.jsonl").read_text().splitlines() if line]
 
 
+def vision_eval_subset(folder: Path, images: int = 6) -> Path:
+    """The built-in image-question set cut to its first ``images`` images with all their questions (the first 6:
+    22 questions, square, 2:1, 16:9 and 2.5:1 images, so square and non-square crop grids), for a measured build
+    in a test's time; the whole set's numbers are measured in benchmarks/ (docs/benchmarks.md)."""
+    source = REPO / "edgeslm" / "default_vision_eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    kept, lines = [], []
+    for line in (source / "questions.jsonl").read_text(encoding="utf-8").splitlines():
+        image = json.loads(line)["image"]
+        if image not in kept and len(kept) == images:
+            continue
+        if image not in kept:
+            kept.append(image)
+            shutil.copy(source / image, folder / image)
+        lines.append(line)
+    (folder / "questions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
 def build_for_target(tmp_path_factory, target: str, *extra: str) -> Path:
     """Build the docs model for one target, with quality measured on 4 windows of the held-out text."""
     out = tmp_path_factory.mktemp(target) / f"{target}.bundle"

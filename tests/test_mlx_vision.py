@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EVAL, REPO, assert_clean_error, import_blocker, run_cli
+from conftest import EVAL, REPO, assert_clean_error, import_blocker, run_cli, vision_eval_subset
 from test_vision_e2e import ANSWERS, FIRST_IMAGE, HOW_MANY, IMAGES, SHAPES, VISION_MODEL, png_bytes, png_claiming
 
 from edgeslm.errors import BundleError, ContextLengthError, UsageError
@@ -266,12 +266,13 @@ def test_missing_vision_tensor_is_refused_before_export(tmp_path):
 def test_build_measures_mlx_image_accuracy(tmp_path):
     out = tmp_path / "measured.bundle"
     result = run_cli("build", "--target", "apple-silicon", "--model", str(VISION_MODEL), "--out", str(out),
+                     "--vision-eval", str(vision_eval_subset(tmp_path / "vision-dev-first6")),
                      "--eval-text", str(EVAL / "docs-heldout.txt"), "--allow-quality-loss", "--json", timeout=3600)
     assert result.returncode == 0, result
     manifest = json.loads((out / "manifest.json").read_text())
     mlx = next(a for a in manifest["artifacts"] if a["id"] == "mlx")
     accuracy = mlx["vision"]["accuracy"]
-    assert accuracy["dataset"] == "edgeslm:vision-dev" and accuracy["questions"] == 118
+    assert accuracy["dataset"] == "vision-dev-first6" and accuracy["questions"] == 22  # the whole set: benchmarks
     assert accuracy["source"] >= 0.97 and accuracy["artifact"] >= accuracy["source"] - 0.05
     assert accuracy["within_limit"] is True and accuracy["feature_cosine_min"] > 0.9999
     assert accuracy["feature_max_abs_error"] < 1e-2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EVAL, FIXTURES, REPO, assert_clean_error, run_cli
+from conftest import EVAL, FIXTURES, REPO, assert_clean_error, run_cli, vision_eval_subset
 from PIL import Image
 
 import edgeslm
@@ -255,13 +255,14 @@ def test_build_measures_image_question_accuracy(tmp_path):
     (data / "targets" / "ov-vision.toml").write_text(ONE_FORMAT_TARGET)
     out = tmp_path / "measured.bundle"
     result = run_cli("build", "--target", "ov-vision", "--model", str(VISION_MODEL), "--out", str(out),
+                     "--vision-eval", str(vision_eval_subset(tmp_path / "vision-dev-first6")),
                      "--eval-text", str(EVAL / "docs-heldout.txt"), "--allow-quality-loss", "--json",
                      env={"EDGESLM_DATA_DIR": str(data)}, timeout=1800)
     assert result.returncode == 0, result
     manifest = json.loads((out / "manifest.json").read_text())
     (artifact,) = manifest["artifacts"]
     accuracy = artifact["vision"]["accuracy"]
-    assert accuracy["dataset"] == "edgeslm:vision-dev" and accuracy["questions"] == 118
+    assert accuracy["dataset"] == "vision-dev-first6" and accuracy["questions"] == 22  # the whole set: benchmarks
     assert accuracy["source"] >= 0.97 and accuracy["artifact"] >= accuracy["source"] - 0.05
     assert accuracy["within_limit"] is True and accuracy["feature_cosine_min"] > 0.999
     assert not any("image-question" in w for w in manifest["warnings"])
