@@ -281,8 +281,8 @@ def test_manifest_quality_is_recorded(qnn_bundle):
 
 
 def test_sampling_options_of_the_qnn_engine():
-    from edgeslm.backends.qnn.engine import pick_token
     from edgeslm.runtime.generation import GenerationOptions
+    from edgeslm.runtime.token_sampling import pick_token
 
     logits = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
     rng = np.random.default_rng(0)

@@ -17,25 +17,11 @@ from typing import Any
 import numpy as np
 
 from ...errors import UsageError
+from ...runtime.token_sampling import pick_token
 from .vision_features import VisionFeatures
 
 TEXT_EMBEDDINGS = "openvino_text_embeddings_model.xml"
 LANGUAGE_MODEL = "openvino_language_model.xml"
-
-
-def pick_token(logits: np.ndarray, options: Any, rng: np.random.Generator) -> int:
-    if options.greedy:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / max(options.temperature, 1e-6)
-    order = np.argsort(-scaled)
-    if options.top_k:
-        order = order[:options.top_k]
-    probs = np.exp(scaled[order] - scaled[order[0]])
-    probs /= probs.sum()
-    if options.top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(probs), options.top_p) + 1)
-        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-    return int(order[rng.choice(len(order), p=probs)])
 
 
 def last_position_logits(model) -> bool:

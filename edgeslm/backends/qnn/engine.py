@@ -19,6 +19,7 @@ import numpy as np
 
 from ...errors import BundleError, EngineLoadError
 from ...runtime.generation import GenerationOptions
+from ...runtime.token_sampling import pick_token
 from ...runtime.tokenizer_json import TokenizerJson
 from . import ep_sessions
 from .artifact_files import QnnArtifact
@@ -28,21 +29,6 @@ if TYPE_CHECKING:
     from ...bundle.manifest import Manifest
     from ...runtime.host_probe import HostProfile
     from ...runtime.selection import Candidate
-
-
-def pick_token(logits: np.ndarray, options: GenerationOptions, rng: np.random.Generator) -> int:
-    if options.greedy:
-        return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / options.temperature
-    order = np.argsort(-scaled)
-    if options.top_k:
-        order = order[:options.top_k]
-    probs = np.exp(scaled[order] - scaled[order[0]])
-    probs /= probs.sum()
-    if options.top_p < 1.0:
-        keep = int(np.searchsorted(np.cumsum(probs), options.top_p) + 1)
-        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-    return int(order[rng.choice(len(order), p=probs)])
 
 
 class QnnEngine:
