@@ -9,17 +9,16 @@ On the NPU the pipeline is compiled for static shapes from the manifest (``MAX_P
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...errors import BackendMissingError, BundleError, EngineLoadError
+from ...errors import BackendMissingError, EngineLoadError
 from ...runtime import byte_fallback_detokenizer
 from ...runtime.generation import GenerationOptions
+from .genai_streaming import generation_config, streamed_tokens
 
 if TYPE_CHECKING:
     from ...bundle.manifest import Manifest
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
     from ...runtime.selection import Candidate
 
 DEVICE_NAMES = {"npu": "NPU", "gpu": "GPU", "cpu": "CPU"}
-_DONE = object()
 
 
 def pipeline_properties(device: str, details: dict[str, Any], threads: int) -> dict[str, Any]:
@@ -87,50 +85,10 @@ class OpenVinoEngine:
         return decode
 
     def generate(self, prompt_ids: list[int], options: GenerationOptions, max_total_tokens: int) -> Iterator[int]:
-        genai, ov = self._genai, self._ov
-        config = genai.GenerationConfig()
-        config.max_new_tokens = max(1, max_total_tokens - len(prompt_ids))
-        config.apply_chat_template = False
-        config.do_sample = not options.greedy
-        if not options.greedy:
-            config.temperature = options.temperature
-            config.top_p = options.top_p
-            config.top_k = options.top_k or 0
-            if options.seed is not None:
-                config.rng_seed = options.seed
-        tokens: queue.Queue = queue.Queue()
-        stop = threading.Event()
-
-        class Streamer(genai.StreamerBase):
-            def write(self, token: Any) -> Any:
-                for t in (token if isinstance(token, list) else [token]):
-                    tokens.put(int(t))
-                return genai.StreamingStatus.STOP if stop.is_set() else genai.StreamingStatus.RUNNING
-
-            def end(self) -> None:
-                return None
-
-        inputs = ov.Tensor(np.array([prompt_ids], dtype=np.int64))
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self.pipeline.generate(inputs, config, Streamer())
-            except BaseException as exc:  # handed to the caller's thread
-                errors.append(exc)
-            finally:
-                tokens.put(_DONE)
-
-        worker = threading.Thread(target=run, name="openvino-generate", daemon=True)
-        worker.start()
-        try:
-            while (item := tokens.get()) is not _DONE:
-                yield item
-        finally:
-            stop.set()
-            worker.join()
-        if errors:
-            raise BundleError(f"openvino-genai generation failed on {self.device_name}: {errors[0]}")
+        config = generation_config(self._genai, options, max_total_tokens - len(prompt_ids))
+        inputs = self._ov.Tensor(np.array([prompt_ids], dtype=np.int64))
+        yield from streamed_tokens(self._genai, lambda streamer: self.pipeline.generate(inputs, config, streamer),
+                                   f"openvino-genai generation failed on {self.device_name}", "openvino-generate")
 
     def close(self) -> None:
         self.pipeline = None

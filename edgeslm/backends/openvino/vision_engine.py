@@ -24,8 +24,6 @@ the GPU; else the CPU. Standard library, numpy and openvino/openvino-genai only.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,15 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendMissingError, BundleError, EngineLoadError, UsageError
+from ...errors import BackendMissingError, EngineLoadError, UsageError
 from ...runtime import byte_fallback_detokenizer
 from ...runtime.generation import GenerationOptions
 from ...vision.image_files import ImageInputError
 from .core_generation import CoreGeneration
+from .genai_streaming import generation_config, streamed_tokens
 from .vision_features import square_grids
 
 DEVICE_NAMES = {"npu": "NPU", "gpu": "GPU", "cpu": "CPU"}
-_DONE = object()
 _REMEMBERED = 64  # text chunks kept for rebuilding prompts
 
 
@@ -156,52 +154,14 @@ class OpenVinoVisionEngine:
                                                   max(1, max_total_tokens - len(prompt_ids)), self.stop_ids)
             return
         tensors = image_tensors(images, ov) if count else []
-        config = genai.GenerationConfig()
-        config.max_new_tokens = max(1, max_total_tokens - len(prompt_ids))
-        config.apply_chat_template = False  # the runtime rendered the manifest's template
-        if self.stop_ids:
-            config.stop_token_ids = set(self.stop_ids)
-        config.do_sample = not options.greedy
-        if not options.greedy:
-            config.temperature = options.temperature
-            config.top_p = options.top_p
-            config.top_k = options.top_k or 0
-            if options.seed is not None:
-                config.rng_seed = options.seed
-        tokens: queue.Queue = queue.Queue()
-        stop = threading.Event()
+        config = generation_config(genai, options, max_total_tokens - len(prompt_ids), self.stop_ids)
 
-        class Streamer(genai.StreamerBase):
-            def write(self, token: Any) -> Any:
-                for t in (token if isinstance(token, list) else [token]):
-                    tokens.put(int(t))
-                return genai.StreamingStatus.STOP if stop.is_set() else genai.StreamingStatus.RUNNING
+        def generate(streamer: Any) -> None:
+            result = self.pipeline.generate(prompt, images=tensors, generation_config=config, streamer=streamer)
+            self.last_metrics = getattr(result, "perf_metrics", None)
 
-            def end(self) -> None:
-                return None
-
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                result = self.pipeline.generate(prompt, images=tensors, generation_config=config, streamer=Streamer())
-                self.last_metrics = getattr(result, "perf_metrics", None)
-            except BaseException as exc:  # handed to the caller's thread
-                errors.append(exc)
-            finally:
-                tokens.put(_DONE)
-
-        worker = threading.Thread(target=run, name="openvino-vlm-generate", daemon=True)
-        worker.start()
-        try:
-            while (item := tokens.get()) is not _DONE:
-                yield item
-        finally:
-            stop.set()
-            worker.join()
-        if errors:
-            raise BundleError(f"openvino-genai VLMPipeline generation failed on {self.device_name}: "
-                              f"{' '.join(str(errors[0]).split())[:400]}")
+        yield from streamed_tokens(genai, generate, f"openvino-genai VLMPipeline generation failed on {self.device_name}",
+                                   "openvino-vlm-generate")
 
     def _core_path(self) -> CoreGeneration:
         """The same IRs under plain openvino.Core, compiled on first use (the CPU on an NPU host)."""
