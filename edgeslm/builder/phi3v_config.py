@@ -95,6 +95,11 @@ class Phi3VisionConfig:
         return (h_crops * w_crops + 1) * TOKENS_PER_CROP + 1 + (h_crops + 1) * (CROP_SIZE // PATCH_SIZE // 2)
 
 
+def is_vision_checkpoint(config: dict[str, Any]) -> bool:
+    """Whether a checkpoint config is a Phi-3(.5)-vision one (by architecture or model type)."""
+    return "Phi3VForCausalLM" in (config.get("architectures") or []) or config.get("model_type") == MODEL_TYPE
+
+
 def load_config(checkpoint: Path) -> Phi3VisionConfig:
     """Read and check ``checkpoint/config.json``."""
     path = Path(checkpoint) / "config.json"

@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ...builder.phi3v_config import CROP_SIZE, PATCH_SIZE, TOKENS_PER_CROP, Phi3VisionConfig, parse_config
+from ...builder.phi3v_config import (  # noqa: F401 (is_vision_checkpoint re-exported)
+    CROP_SIZE,
+    PATCH_SIZE,
+    TOKENS_PER_CROP,
+    Phi3VisionConfig,
+    is_vision_checkpoint,
+    parse_config,
+)
 from ...errors import BuildError, ModelSourceError
 from ...safetensors_header import read_header
 from .vision_tower import FORMAT_VERSION, VISION_CONFIG, VISION_WEIGHTS
@@ -35,10 +42,6 @@ _PREFIX = "model.vision_embed_tokens."
 _CLIP = _PREFIX + "img_processor.vision_model."
 _NUMPY = {"F16": np.float16, "F32": np.float32}
 _OUT = {"float16": ("F16", np.float16), "float32": ("F32", np.float32)}
-
-
-def is_vision_checkpoint(config: dict[str, Any]) -> bool:
-    return "Phi3VForCausalLM" in (config.get("architectures") or []) or config.get("model_type") == "phi3_v"
 
 
 def needed_tensors(vision: Phi3VisionConfig) -> dict[str, tuple[str, tuple[int, ...]]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...builder.phi3v_config import Phi3VisionConfig, parse_config
+from ...builder.phi3v_config import Phi3VisionConfig, is_vision_checkpoint, parse_config  # noqa: F401 (re-exported)
 from ...errors import BuildError
 from .checkpoint_tensors import CheckpointTensors
 from .embedding_graph import EmbeddingPlan, build_embedding
@@ -27,10 +27,6 @@ from .vision_graph import VisionPlan, build_vision
 
 VISION_FILE, EMBEDDING_FILE, TEXT_FILE = "vision.onnx", "embedding.onnx", "text.onnx"
 _BITS = {"int8": 8, "int4": 4, "float32": None}
-
-
-def is_vision_checkpoint(config: dict[str, Any]) -> bool:
-    return "Phi3VForCausalLM" in (config.get("architectures") or []) or config.get("model_type") == "phi3_v"
 
 
 def vision_plan(vision: Phi3VisionConfig, precision: str, output_dtype: str) -> VisionPlan:

@@ -20,25 +20,14 @@ decoder goes through the streamed ONNX route (``language_model_ir``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ...builder.phi3v_config import Phi3VisionConfig
-from ...builder.phi3v_reference import (
-    CLIP_PREFIX,
-    GLB_GN,
-    INDEX_FILE,
-    PROJECTION_PREFIX,
-    SINGLE_FILE,
-    SUB_GN,
-    _no_init,
-    _strict_problems,
-)
+from ...builder.phi3v_vision_tower import ClipPatchFeatures, load_vision_tower, read_tensors
 from ...errors import ModelSourceError, UsageError
 
 GENAI_CLIP_WIDTH = 1024  # what VLMPipeline's phi3_v HD transform is compiled for
@@ -53,43 +42,16 @@ def check_width(vision: Phi3VisionConfig) -> None:
                          hint="build the ONNX formats for this checkpoint")
 
 
-def read_tensors(checkpoint: Path, wanted) -> dict[str, torch.Tensor]:
-    """The tensors whose names ``wanted(name)`` accepts, as float32 (memory-mapped reads)."""
-    index = checkpoint / INDEX_FILE
-    if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    else:
-        with safe_open(str(checkpoint / SINGLE_FILE), "pt") as f:
-            weight_map = {name: SINGLE_FILE for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    files: dict[str, list[str]] = {}
-    for name, file in weight_map.items():
-        if wanted(name):
-            files.setdefault(file, []).append(name)
-    out = {}
-    for file, names in files.items():
-        with safe_open(str(checkpoint / file), "pt") as f:
-            for name in names:
-                out[name] = f.get_tensor(name).float()
-    return out
-
-
 class VisionEmbeddings(nn.Module):
-    """pixel_values [N, 3, 336, 336] -> CLIP hidden_states[layer_idx] without the class token, zero-padded
-    to [N, 576, 1024]. Only the encoder layers the feature layer needs are kept."""
+    """pixel_values [N, 3, 336, 336] -> CLIP patch features (``ClipPatchFeatures``), zero-padded to [N, 576, 1024]."""
 
-    def __init__(self, clip: nn.Module, layers_run: int, width: int):
+    def __init__(self, patches: ClipPatchFeatures, width: int):
         super().__init__()
-        vm = clip.vision_model
-        self.embeddings, self.pre_layrnorm = vm.embeddings, vm.pre_layrnorm
-        self.layers = nn.ModuleList(list(vm.encoder.layers)[:layers_run])
+        self.patches = patches
         self.pad = GENAI_CLIP_WIDTH - width
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        hidden = self.pre_layrnorm(self.embeddings(pixel_values))
-        for layer in self.layers:
-            out = layer(hidden, None)  # no mask: every patch sees every patch
-            hidden = out[0] if isinstance(out, tuple) else out
-        features = hidden[:, 1:]
+        features = self.patches(pixel_values)
         return nn.functional.pad(features, (0, self.pad)) if self.pad else features
 
 
@@ -127,27 +89,12 @@ def padded_separator(values: torch.Tensor, width: int) -> list[float]:
 
 def build_vision_modules(checkpoint: Path, vision: Phi3VisionConfig):
     """(VisionEmbeddings, VisionProjection, sub_GN list, glb_GN list) from the checkpoint, loaded strictly."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     check_width(vision)
-    tensors = read_tensors(checkpoint, lambda n: n.startswith(CLIP_PREFIX) or n.startswith(PROJECTION_PREFIX)
-                           or n in (GLB_GN, SUB_GN))
-    clip_t = {n[len(CLIP_PREFIX):]: t for n, t in tensors.items() if n.startswith(CLIP_PREFIX)}
-    proj_t = {n[len(PROJECTION_PREFIX):]: t for n, t in tensors.items() if n.startswith(PROJECTION_PREFIX)}
-    c, hidden = vision.merged_dim, vision.hidden_size
-    with _no_init():
-        clip = CLIPVisionModel(CLIPVisionConfig(**vision.vision_config, attn_implementation="eager"))
-        mlp = nn.Sequential(nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-    problems = _strict_problems(clip, clip_t, CLIP_PREFIX) + _strict_problems(mlp, proj_t, PROJECTION_PREFIX)
-    problems += [f"missing {n}" for n in (GLB_GN, SUB_GN) if n not in tensors]
-    if problems:
-        raise ModelSourceError(f"{checkpoint} does not match its Phi-3.5-vision config: {'; '.join(problems[:6])}")
-    clip.load_state_dict(clip_t, strict=True, assign=True)
-    mlp.load_state_dict(proj_t, strict=True, assign=True)
+    tower = load_vision_tower(checkpoint, vision)
     width = vision.image_dim_out
-    embeddings = VisionEmbeddings(clip.eval(), vision.clip_layers_run, width).eval()
-    projection = VisionProjection(mlp.eval(), width).eval()
-    return embeddings, projection, padded_separator(tensors[SUB_GN], width), padded_separator(tensors[GLB_GN], width)
+    embeddings = VisionEmbeddings(tower.patches, width).eval()
+    projection = VisionProjection(tower.projection, width).eval()
+    return embeddings, projection, padded_separator(tower.sub_gn, width), padded_separator(tower.glb_gn, width)
 
 
 def build_text_embeddings(checkpoint: Path) -> TextEmbeddings:

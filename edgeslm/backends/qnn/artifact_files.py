@@ -31,6 +31,27 @@ class QnnArtifact:
         except (OSError, ValueError, KeyError) as exc:
             raise BundleError(f"{folder} is not a readable qnn-context artifact: {exc}") from None
 
+    @property
+    def takes_images(self) -> bool:
+        return "vision" in self.config
+
+    def vision_file(self, where: str) -> Path:
+        """The vision encoder's model file of ``where`` (``"qdq"`` or a SoC name)."""
+        if not self.takes_images:
+            raise BundleError(f"{self.folder} was built from a text-only model: it has no vision encoder")
+        name = self.config["vision"]["qdq"] if where == "qdq" else self.config["socs"][where].get("vision")
+        if not name:
+            raise BundleError(f"{self.folder} has no vision encoder for {where}")
+        return self.folder / name
+
+    def image_features(self, run: Runner, pixel_values: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
+        """[image tokens, hidden] of the images, through ``run`` (a vision encoder session)."""
+        from .vision_layout import image_features
+
+        vision = self.config["vision"]
+        separators = np.load(self.folder / vision["separators"])
+        return image_features(run, pixel_values, image_sizes, separators, vision["crops"])
+
     def part_files(self, where: str) -> list[dict[str, Any]]:
         """Per decoder part: ``layers`` [start, stop], and the ``prefill``/``decode`` model files of ``where``
         (``"qdq"`` or a SoC name). Artifacts from before the decoder was parted are one part."""

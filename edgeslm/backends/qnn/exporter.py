@@ -29,6 +29,7 @@ import numpy as np
 
 from ...builder.captured_output import captured_output
 from ...builder.exporter import ExportJob, ExportResult, converter_errors, require_modules
+from ...builder.phi3v_config import is_vision_checkpoint
 from ...builder.source import SourceModel
 from ...config.strict import to_plain
 from ...errors import BuildError, UsageError
@@ -43,6 +44,8 @@ from .qdq_quantization import quantize_graph
 from .rope_tables import rope_tables
 from .settings import QnnSettings
 from .static_decoder import build_module, export_graph
+from .vision_build import VisionBuild, build_vision, vision_info
+from .vision_calibration import image_prompt
 
 
 class QnnExporter:
@@ -65,7 +68,7 @@ class QnnExporter:
         self.check_available()
         self.check_settings(settings, job.source)
         cfg = job.source.config
-        if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0 or cfg.get("model_type") != "phi3":
+        if float(cfg.get("partial_rotary_factor", 1.0)) != 1.0 or cfg.get("model_type") not in ("phi3", "phi3_v"):
             raise UsageError("qnn-context supports Phi-3 decoders with full rotary embeddings only")
         if settings.context_length > int(cfg.get("original_max_position_embeddings") or 4096):
             raise UsageError(f"qnn-context.context_length {settings.context_length} exceeds the model's "
@@ -94,12 +97,19 @@ class QnnExporter:
         np.savez(job.out_dir / "rope.npz", cos=cos, sin=sin)
         from .streamed_calibration import embed_steps, plan_steps, residual_store
 
-        steps = plan_steps(calibration_ids, settings.prefill_chunk)
-        store = residual_store(job.work_dir / "residual-0.npy", steps, settings.prefill_chunk, shape["hidden_size"])
-        embed_steps(store, steps, embeddings)
         socs = {name: {"soc_model": soc.soc_model, "htp_arch": soc.htp_arch, "device_ids": list(soc.device_ids),
                        "npu_memory_mb": soc.npu_memory_mb, "parts": []} for name, soc in compile_for.items()}
         part_entries, timings = [], []
+        vision, image_rows = None, {}
+        if is_vision_checkpoint(cfg):
+            vision = self._build_vision(job, settings, compile_for, float_dir, qdq_dir, log_path, progress)
+            timings.append(vision.timing)
+            for name, file in vision.soc_files.items():
+                socs[name]["vision"] = file
+            image_rows = self._image_sequences(job, settings, vision, embeddings, calibration_ids)
+        steps = plan_steps(calibration_ids, settings.prefill_chunk)
+        store = residual_store(job.work_dir / "residual-0.npy", steps, settings.prefill_chunk, shape["hidden_size"])
+        embed_steps(store, steps, embeddings, image_rows)
         for part in parts:
             label = f"{job.fmt.name}: part {part.index + 1}/{len(parts)} (layers {part.start}-{part.stop - 1})"
             timing: dict[str, Any] = {"part": part.index, "layers": [part.start, part.stop]}
@@ -139,7 +149,8 @@ class QnnExporter:
             if settings.ship_qdq_graphs else {}
         qnn_config = {"graphs": {"prefill_tokens": settings.prefill_chunk, "decode_tokens": 1},
                       "context_length": settings.context_length, "mask_value": MASK_VALUE, **shape,
-                      "parts": part_entries, "socs": socs, "qdq": qdq, "compiled_with": versions}
+                      "parts": part_entries, "socs": socs, "qdq": qdq, "compiled_with": versions,
+                      **({"vision": vision.config} if vision else {})}
         (job.out_dir / "qnn_config.json").write_text(json.dumps(qnn_config, indent=2) + "\n", encoding="utf-8")
         needs = _part_needs(job.out_dir, parts, socs, shape, settings)
         first = next(iter(socs.values()))
@@ -167,7 +178,36 @@ class QnnExporter:
                                                 "max_total_tokens": settings.context_length}}},
             packages={name: version_of(name) or "not installed" for name in (
                 "onnxruntime", "onnxruntime-qnn", "onnx", "torch", "qai-hub")},
+            vision=vision_info(vision, job.out_dir, settings) if vision else None,
         )
+
+    @staticmethod
+    def _build_vision(job: ExportJob, settings: QnnSettings, compile_for: dict, float_dir: Path, qdq_dir: Path,
+                      log_path: Path, progress: Progress) -> VisionBuild:
+        crops = settings.num_crops + 1
+        with progress.task(f"{job.fmt.name}: vision encoder [{crops}, 3, 336, 336] (a16w8), calibrated on "
+                           f"{settings.vision_calibration_count} images, compiled for {', '.join(compile_for)}"):
+            with converter_errors(job.fmt.name, "the vision encoder's export, calibration or context binary "
+                                                "compilation", log_path), captured_output(log_path):
+                return build_vision(job.source.path, settings, compile_for, job.out_dir, float_dir, qdq_dir,
+                                    settings.ship_qdq_graphs)
+
+    @staticmethod
+    def _image_sequences(job: ExportJob, settings: QnnSettings, vision: VisionBuild, embeddings: np.ndarray,
+                         calibration_ids: list[list[int]]) -> dict[int, np.ndarray]:
+        """Append one image prompt per calibration image to ``calibration_ids`` (its tail, as long as a text
+        sequence); returns their embedding rows (image features in place) by sequence index."""
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(job.source.path / "tokenizer.json"))
+        length = min(2 * settings.prefill_chunk + settings.calibration_decode_steps, settings.context_length)
+        rows = {}
+        for features in vision.calibration_features:
+            ids, embedded = image_prompt(lambda text: tokenizer.encode(text, add_special_tokens=True).ids, features,
+                                         embeddings, length)
+            rows[len(calibration_ids)] = embedded
+            calibration_ids.append(ids)
+        return rows
 
     @staticmethod
     def _calibration_ids(job: ExportJob, settings: QnnSettings) -> list[list[int]]:

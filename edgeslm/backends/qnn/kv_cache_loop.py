@@ -52,14 +52,16 @@ class KvCacheLoop:
     def reset(self) -> None:
         self.length = 0  # stale cache entries stay masked out
 
-    def _step(self, ids: list[int], steps: int, kind: str) -> np.ndarray:
+    def _step(self, ids: list[int], steps: int, kind: str, rows: np.ndarray | None = None) -> np.ndarray:
         if self.length + len(ids) > self.context:
             raise ContextLengthError(f"{self.length + len(ids)} tokens do not fit the {self.context}-token context "
                                      "the NPU graphs were compiled for",
                                      hint="shorten the prompt or build with a larger qnn-context.context_length")
         padded = np.zeros(steps, dtype=np.int64)
-        padded[:len(ids)] = ids
+        padded[:len(ids)] = np.maximum(ids, 0)
         hidden = self.embeddings[padded][None].astype(np.float32)
+        if rows is not None:  # given embeddings (image features at the image positions)
+            hidden[0, :len(ids)] = rows
         common = position_feeds(self.length, steps, self.context, self.cos, self.sin)
         n, end = len(ids), self.length + len(ids)
         for part in self.parts:
@@ -74,10 +76,24 @@ class KvCacheLoop:
         self.length = end
         return hidden[0, :n]
 
-    def prefill(self, ids: list[int]) -> np.ndarray:
-        """Logits [len(ids), vocab] for every prompt token, in chunks."""
-        return np.concatenate([self._step(ids[s:s + self.chunk], self.chunk, "prefill")
+    def prefill(self, ids: list[int], rows: np.ndarray | None = None) -> np.ndarray:
+        """Logits [len(ids), vocab] for every prompt token, in chunks; ``rows`` [len(ids), hidden]: the
+        prompt's embeddings when they are not only the token table's (an image prompt)."""
+        return np.concatenate([self._step(ids[s:s + self.chunk], self.chunk, "prefill",
+                                          None if rows is None else rows[s:s + self.chunk])
                                for s in range(0, len(ids), self.chunk)], 0)
+
+    def snapshot(self) -> tuple[int, dict, dict]:
+        """The cache's filled part (to continue several prompts from one shared prefix)."""
+        n = self.length
+        return n, {i: k[:, :, :n].copy() for i, k in self.keys.items()}, \
+            {i: v[:, :, :n].copy() for i, v in self.values.items()}
+
+    def restore(self, saved: tuple[int, dict, dict]) -> None:
+        n, keys, values = saved
+        for i in self.keys:
+            self.keys[i][:, :, :n], self.values[i][:, :, :n] = keys[i], values[i]
+        self.length = n
 
     def decode(self, token: int) -> np.ndarray:
         return self._step([token], 1, "decode")[0]

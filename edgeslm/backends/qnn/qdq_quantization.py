@@ -17,7 +17,11 @@ from typing import Any
 from .quantizer_speedups import fast_weight_quantization
 
 
-def quantize_graph(float_model: Path, qdq_model: Path, reader: Any, weight_bits: int, lm_head_bits: int = 8) -> None:
+def quantize_graph(float_model: Path, qdq_model: Path, reader: Any, weight_bits: int, lm_head_bits: int = 8,
+                   other_weights: str = "int8") -> None:
+    """``other_weights``: the type of the weights no override names (norms, Conv): ``int8`` symmetric (the
+    decoder's), or ``uint8`` asymmetric, which the HTP's LayerNorm needs under 16-bit activations (the
+    vision encoder's; a symmetric int8 gamma fails QNN's op validation)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -32,7 +36,8 @@ def quantize_graph(float_model: Path, qdq_model: Path, reader: Any, weight_bits:
                  for node in graph.graph.node if node.op_type == "MatMul" and node.input[1] in initializers}
     del graph
     config = get_qnn_qdq_config(str(float_model), reader, calibrate_method=CalibrationMethod.MinMax,
-                                activation_type=QuantType.QUInt16, weight_type=QuantType.QInt8,
+                                activation_type=QuantType.QUInt16,
+                                weight_type=QuantType.QInt8 if other_weights == "int8" else QuantType.QUInt8,
                                 per_channel=False, init_overrides=overrides, stride=1)
     with fast_weight_quantization():
         quantize(str(float_model), str(qdq_model), config)

@@ -22,6 +22,7 @@ from ..log_likelihood import nll_per_window
 from . import ep_sessions
 from .artifact_files import QnnArtifact
 from .kv_cache_loop import position_feeds
+from .vision_scoring import answer_tokens, image_features  # noqa: F401  (the scorer's image side)
 
 
 def window_logits(artifact_dir: Path, windows: list[list[int]], on_htp: bool = False,

@@ -57,6 +57,12 @@ class QnnSettings:
     qai_hub_profile: with the qai-hub compiler, also submit a profile job per compiled graph on the SoC's
         AI Hub device (the job ids are recorded in the manifest; results are on AI Hub).
     socs: SoCs to compile context binaries for, by Qualcomm part number.
+    num_crops: Phi-3.5-vision only: the most 336-px crops an image is cut into (1..16); the vision encoder
+        graph is compiled for num_crops + 1 crops (the global one first).
+    vision_calibration_images: Phi-3.5-vision only: a folder of images that calibrate the vision encoder's
+        (and the decoder's image-side) 16-bit activation ranges; empty: images the build draws itself
+        (``vision_calibration``), never the evaluation set.
+    vision_calibration_count: how many calibration images are used.
     """
 
     context_length: int = 1024
@@ -72,8 +78,15 @@ class QnnSettings:
     compiler: Literal["onnxruntime-qnn", "qai-hub"] = "onnxruntime-qnn"
     qai_hub_profile: bool = False
     socs: Mapping[str, SocParameters] = field(default_factory=_default_socs)
+    num_crops: int = 4
+    vision_calibration_images: str = ""
+    vision_calibration_count: int = 8
 
     def __post_init__(self) -> None:
+        if not 1 <= self.num_crops <= 16:
+            raise ValueError(f"num_crops must be between 1 and 16, got {self.num_crops}")
+        if not 1 <= self.vision_calibration_count <= 256:
+            raise ValueError("vision_calibration_count must be between 1 and 256")
         if not 16 <= self.prefill_chunk <= self.context_length:
             raise ValueError("prefill_chunk must be between 16 and context_length")
         if self.context_length > 4096:

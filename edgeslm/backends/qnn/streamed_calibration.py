@@ -60,12 +60,18 @@ def residual_store(path: Path, steps: list[Step], chunk: int, hidden: int) -> np
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(len(steps), chunk, hidden))
 
 
-def embed_steps(store: np.ndarray, steps: list[Step], embeddings: np.ndarray) -> None:
-    """The first part's input: the embedding rows of each step's (padded) tokens."""
+def embed_steps(store: np.ndarray, steps: list[Step], embeddings: np.ndarray,
+                sequence_rows: dict[int, np.ndarray] | None = None) -> None:
+    """The first part's input: the embedding rows of each step's (padded) tokens; a sequence in
+    ``sequence_rows`` (an image prompt: [tokens, hidden] with the image features in place) takes its rows
+    from there."""
     for step in steps:
         padded = np.zeros(step.width, dtype=np.int64)
-        padded[:len(step.ids)] = step.ids
-        store[step.row, :step.width] = embeddings[padded].astype(np.float32)
+        padded[:len(step.ids)] = np.maximum(step.ids, 0)
+        rows = embeddings[padded].astype(np.float32)
+        if sequence_rows and step.sequence in sequence_rows:
+            rows[:len(step.ids)] = sequence_rows[step.sequence][step.start:step.start + len(step.ids)]
+        store[step.row, :step.width] = rows
     store.flush()
 
 
