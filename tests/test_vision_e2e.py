@@ -373,17 +373,16 @@ def test_ort_builder_exporter_is_refused_for_vision(tmp_path):
 
 
 def test_targets_keep_the_formats_that_take_images(tmp_path):
-    """snapdragon-x-elite takes qnn-context and onnx-int4-cpu: a vision model gets the ONNX artifact (edgeslm builds
-    no image parts for the NPU yet), and the manifest says why there is no QNN one."""
-    out = tmp_path / "laptop.bundle"
-    result = run_cli("build", "--target", "snapdragon-x-elite", "--model", str(VISION_MODEL), "--out", str(out),
-                     "--no-eval")
+    """ollama takes gguf and onnx-int4-cpu: a vision model gets the ONNX artifact (edgeslm writes no image parts
+    into GGUF files), and the manifest says why there is no GGUF one."""
+    out = tmp_path / "ollama.bundle"
+    result = run_cli("build", "--target", "ollama", "--model", str(VISION_MODEL), "--out", str(out), "--no-eval")
     assert result.returncode == 0, result
-    assert "qnn-context: not built" in result.stderr
+    assert "gguf: not built" in result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert [a["id"] for a in manifest["artifacts"]] == ["onnx-int4-cpu"]
-    assert manifest["targets"]["snapdragon-x-elite"]["artifacts"] == ["onnx-int4-cpu"]
-    assert any(w.startswith("qnn-context: not built") for w in manifest["warnings"])
+    assert manifest["targets"]["ollama"]["artifacts"] == ["onnx-int4-cpu"]
+    assert any(w.startswith("gguf: not built") for w in manifest["warnings"])
 
 
 # ---- the build with quality measurement (slow) ----------------------------------------------------------

@@ -194,8 +194,8 @@ def _image_formats(source: SourceModel, recipe: Recipe, formats: list[FormatSpec
     if empty:
         raise UsageError(f"{source.name} takes images; edgeslm builds it for {', '.join(recipe.formats)} only, and "
                          f"target {', '.join(empty)} takes none of them",
-                         hint="pick targets that take ONNX or MLX artifacts, e.g. cpu-x86_64, cpu-arm64, "
-                              "raspberrypi5, jetson-orin, apple-silicon")
+                         hint="pick targets that take ONNX, MLX, OpenVINO or QNN artifacts, e.g. cpu-x86_64, "
+                              "raspberrypi5, jetson-orin, apple-silicon, intel-core-ultra, snapdragon-x-elite")
     kept = [dataclasses.replace(t, formats=tuple(f for f in t.formats if f not in skipped)) for t in targets]
     notes = tuple(f"{name}: not built, {source.name} takes images and edgeslm builds it for "
                   f"{', '.join(recipe.formats)} only" for name in skipped)

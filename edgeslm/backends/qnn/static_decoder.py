@@ -78,7 +78,13 @@ def build_module(tensors: dict[str, Any], config: dict[str, Any], layers: range 
                 self.lm_head = linear("lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight")
 
         def rms(self, x: Any, weight: Any) -> Any:
-            return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+            # RMSNorm with every intermediate bounded per token, for 16-bit activations: each token is first
+            # divided by its largest |x| (so y in [-1, 1] and mean(y²) in [1/hidden, 1]), and eps enters as
+            # eps / m². The plain x.pow(2) has one scale for all tokens: image features (rms ~7) next to text
+            # embeddings (rms ~0.05) left the text tokens' squares below one quantization step (docs/qnn.md).
+            m = x.abs().amax(-1, keepdim=True).clamp_min(1e-4)  # a zero token stays zero, not NaN
+            y = x / m
+            return weight * (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps / (m * m)))
 
         @staticmethod
         def rotate(x: Any, cos: Any, sin: Any) -> Any:
@@ -136,7 +142,7 @@ def export_graph(module: Any, config: dict[str, Any], steps: int, context: int, 
 _SAME_IN_21 = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "MatMul", "ReduceMean", "Softmax",
                "Sigmoid", "Concat", "Slice", "Split", "Gather", "Expand", "Where", "Equal", "Tile", "Range",
                "Cast", "CastLike", "Constant", "ConstantOfShape", "Flatten", "Identity", "Reshape", "Shape",
-               "Size", "Squeeze", "Transpose", "Unsqueeze", "Conv", "LayerNormalization", "Gelu", "Erf", "Tanh"}
+               "Size", "Squeeze", "Transpose", "Unsqueeze", "Abs", "ReduceMax", "Clip", "Conv", "LayerNormalization", "Gelu", "Erf", "Tanh"}
 
 
 def declare_opset_21(path: Path) -> None:

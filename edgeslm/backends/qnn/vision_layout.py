@@ -61,6 +61,8 @@ def encoder_input(pixels: np.ndarray, crops: int) -> np.ndarray:
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 4 or pixels.shape[1:] != (3, CROP, CROP):
         raise UsageError(f"pixel values of one image have shape {list(pixels.shape)}, expected [crops, 3, {CROP}, {CROP}]")
+    if not np.isfinite(pixels).all():
+        raise UsageError("pixel values hold NaN or inf")
     if pixels.shape[0] > crops:
         if np.any(pixels[crops:]):
             raise UsageError(f"the image was cut into more crops than the {crops} the vision graph was compiled for",
