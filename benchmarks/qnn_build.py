@@ -13,6 +13,8 @@ Models:
   full              (``--whole``) the whole 32-layer checkpoint with the recipe's defaults (parts by the
                     weight budget, w4a16, context 4096, chunk 128)
 
+``--full`` may be the full-size random Phi-3.5-vision (``/tmp/phi35v-random``): its slices keep the whole CLIP
+tower, so the vision encoder's build is measured at full size; pass ``--no-eval`` with it.
 ``--two-socs`` builds for snapdragon-x-elite and snapdragon-8-gen-3 (two SoCs' binaries) instead of one.
 Per run: wall, peak RSS (sampled tree sum, the largest process, ru_maxrss), artifact and per-SoC sizes, the
 manifest's per-part stage times (export, calibration + QDQ, compile) and quality.
@@ -57,7 +59,8 @@ def truncated_checkpoint(full: Path, layers: int, dest: Path) -> Path:
     config = json.loads((full / "config.json").read_text())
     config["num_hidden_layers"] = layers
     (dest / "config.json").write_text(json.dumps(config, indent=2))
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
+                 "preprocessor_config.json"):
         if (full / name).exists():
             shutil.copy2(full / name, dest / name)
     return dest
@@ -75,11 +78,12 @@ def data_dir(work: Path) -> Path:
     return data
 
 
-def one_build(label: str, model: Path, work: Path, data: Path, extra: tuple[str, ...] = ()) -> dict:
+def one_build(label: str, model: Path, work: Path, data: Path, extra: tuple[str, ...] = (), evaluate: bool = True) -> dict:
     out = work / f"{label}.bundle"
+    quality = ("--eval-text", str(ROOT / "examples" / "eval" / "docs-heldout.txt"), "--eval-windows", "4",
+               "--eval-window-tokens", "128") if evaluate else ("--no-eval",)
     cmd = [sys.executable, "-m", "edgeslm", "build", "--target", "snapdragon-x-elite", "--model", str(model),
-           "--out", str(out), "--force", "--eval-text", str(ROOT / "examples" / "eval" / "docs-heldout.txt"),
-           "--eval-windows", "4", "--eval-window-tokens", "128", "--json", *extra]
+           "--out", str(out), "--force", *quality, "--json", *extra]
     print(f"{label}: {' '.join(cmd)}", flush=True)
     os.environ["EDGESLM_DATA_DIR"] = str(data)
     try:
@@ -116,6 +120,8 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true", help="skip the docs-model runs")
     ap.add_argument("--repeats", type=int, default=3, help="runs of the docs model")
     ap.add_argument("--full-repeats", type=int, default=1, help="runs of each full-width slice (minutes each)")
+    ap.add_argument("--no-eval", action="store_true", help="build with --no-eval (a full-size Phi-3.5-vision: its "
+                    "fp32 torch reference would need 17 GB)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--out", default=str(HERE / "results" / "qnn_build.json"))
     args = ap.parse_args()
@@ -129,7 +135,7 @@ def main() -> None:
                     (*socs, *parts)) for n in filter(None, args.layers.split(","))]
         if args.whole:
             models.append(("full", Path(args.full), socs))
-    runs = [one_build(label, model, work, data, extra) for label, model, extra in models
+    runs = [one_build(label, model, work, data, extra, not args.no_eval) for label, model, extra in models
             for _ in range(args.repeats if label == "docs21m" else args.full_repeats)]
     summary = medians_by(runs, "label", ("wall_s", "peak_rss_sampled_bytes", "ru_maxrss_bytes", "artifact_bytes"))
     print(f"\n{'model':<16}{'wall s':>9}{'peak RSS GB':>13}{'artifact MB':>13}{'runs':>6}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_clean_error, run_cli, vision_eval_subset
+from conftest import EVAL, assert_clean_error, run_cli, vision_eval_subset
 from test_vision_e2e import FIRST_IMAGE, HOW_MANY, IMAGES, SHAPES, VISION_MODEL, png_bytes, png_claiming
 
 from edgeslm.errors import ContextLengthError, UsageError
@@ -132,9 +132,10 @@ def test_simulated_npu_encoder_matches_the_qdq_graph(artifact):
 
 
 def test_scorer_answers_like_the_reference(artifact, reference):
+    from tokenizers import Tokenizer
+
     from edgeslm.backends.qnn.vision_scoring import answer_tokens
     from edgeslm.vision.image_prompt import expand_image_prompt
-    from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(VISION_MODEL / "tokenizer.json"))
     images = _processed("shapes-336.png")
@@ -263,7 +264,8 @@ def test_build_measures_qnn_image_accuracy(tmp_path):
     out = tmp_path / "measured.bundle"
     subset = vision_eval_subset(tmp_path / "vision-dev-6")
     result = run_cli("build", "--target", "snapdragon-x-elite", "--model", str(VISION_MODEL), "--out", str(out),
-                     *SMALL, "--vision-eval", str(subset), "--json", timeout=1800)
+                     *SMALL, "--vision-eval", str(subset), "--eval-text", str(EVAL / "docs-heldout.txt"),
+                     "--allow-quality-loss", "--json", timeout=1800)  # the demo's text side is not a language model
     assert result.returncode == 0, result
     manifest = json.loads((out / "manifest.json").read_text())
     qnn = next(a for a in manifest["artifacts"] if a["id"] == "qnn-context")

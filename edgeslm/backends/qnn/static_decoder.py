@@ -142,7 +142,8 @@ def export_graph(module: Any, config: dict[str, Any], steps: int, context: int, 
 _SAME_IN_21 = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "MatMul", "ReduceMean", "Softmax",
                "Sigmoid", "Concat", "Slice", "Split", "Gather", "Expand", "Where", "Equal", "Tile", "Range",
                "Cast", "CastLike", "Constant", "ConstantOfShape", "Flatten", "Identity", "Reshape", "Shape",
-               "Size", "Squeeze", "Transpose", "Unsqueeze", "Abs", "ReduceMax", "Clip", "Conv", "LayerNormalization", "Gelu", "Erf", "Tanh"}
+               "Size", "Squeeze", "Transpose", "Unsqueeze", "Abs", "ReduceMax", "Clip", "Conv", "LayerNormalization",
+               "Gelu", "Erf", "Tanh"}
 
 
 def declare_opset_21(path: Path) -> None:
