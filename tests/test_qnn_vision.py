@@ -255,6 +255,36 @@ def test_bad_vision_calibration_folder_is_a_clear_error(tmp_path):
     assert not out.exists()
 
 
+# ---- selection on the recorded Snapdragon laptop (no Snapdragon here: its host tree, recorded) ----------
+
+def test_selection_counts_the_vision_encoder_against_the_npu_budget(bundle):
+    import dataclasses
+
+    from edgeslm.bundle.manifest import read_manifest
+    from edgeslm.runtime.accelerator_probe import Findings
+    from edgeslm.runtime.host_probe import probe_host
+    from edgeslm.runtime.selection import rank_artifacts
+
+    host = probe_host(Path(__file__).parent / "hosts" / "snapdragon-x-elite", findings=Findings(
+        packages={"onnxruntime-genai": "0.18.0", "onnxruntime-qnn": "2.7.0"}, qnn_htp=True))
+    m = read_manifest(bundle)
+    chosen = rank_artifacts(m, host).chosen
+    assert (chosen.artifact.id, chosen.device) == ("qnn-context", "npu") and chosen.artifact.vision is not None
+    art = m.artifact("qnn-context")
+    decoder = sum(p["weight_bytes"] + p["kv_cache_bytes"] + p["activation_bytes"] for p in art.details["parts"])
+    # a budget the decoder fits but not decoder + vision encoder: refused, with the encoder named, CPU fallback
+    mb = -(-decoder // 2**20)
+    assert decoder + art.vision.vision_weight_bytes > mb * 2**20
+    small = {soc: {**e, "npu_memory_mb": mb} for soc, e in art.details["socs"].items()}
+    tight = dataclasses.replace(m, artifacts=tuple(
+        dataclasses.replace(a, details={**a.details, "socs": small}) if a.id == "qnn-context" else a
+        for a in m.artifacts))
+    selection = rank_artifacts(tight, host)
+    reason = {r.artifact_id: r.reason for r in selection.rejected}["qnn-context"]
+    assert selection.chosen.artifact.id == "onnx-int4-cpu"
+    assert "part(s) and the vision encoder need" in reason and f"{mb} MiB SC8380XP's HTP" in reason
+
+
 # ---- the measured build (slow) --------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -41,22 +41,29 @@ def place(fmt, host, artifact, explicit: bool) -> Placement | Rejection:
     if placement.device == "npu" and soc is None:
         return Rejection(f"context binaries were compiled for {', '.join(socs) or 'no SoC'}; this device's SoC is "
                          f"{host.soc or 'unknown'}")
-    if placement.device == "npu" and (over := npu_budget_problem(details, socs[soc], soc)):
+    if placement.device == "npu" and (over := npu_budget_problem(details, socs[soc], soc, artifact.vision)):
         return Rejection(over)
     return placement
 
 
-def npu_budget_problem(details: dict, soc_entry: dict, soc: str) -> str | None:
+def npu_budget_problem(details: dict, soc_entry: dict, soc: str, vision=None) -> str | None:
     """What the artifact's parts need on the HTP (compiled weights + 16-bit KV cache + the largest part's
-    activations) against what one process can map on that SoC (the recipe's npu_memory_mb)."""
+    activations; with images also the vision encoder's binary, whose activations come before the decoder's)
+    against what one process can map on that SoC (the recipe's npu_memory_mb)."""
     parts = details.get("parts") or []
     budget = int(soc_entry.get("npu_memory_mb") or 0) * 2**20
     if not parts or not budget:
         return None
-    need = sum(p["weight_bytes"] + p["kv_cache_bytes"] for p in parts) + max(p["activation_bytes"] for p in parts)
+    activations = max(p["activation_bytes"] for p in parts)
+    need = sum(p["weight_bytes"] + p["kv_cache_bytes"] for p in parts)
+    if vision is not None:
+        need += vision.vision_weight_bytes
+        activations = max(activations, vision.vision_runtime_bytes)
+    need += activations
     if need <= budget:
         return None
-    return (f"its {len(parts)} part(s) need {need / 2**20:,.0f} MiB on the NPU (weights + KV cache at "
+    what = "part(s) and the vision encoder" if vision is not None else "part(s)"
+    return (f"its {len(parts)} {what} need {need / 2**20:,.0f} MiB on the NPU (weights + KV cache at "
             f"{details.get('context_length', '?')} tokens), more than the {budget / 2**20:,.0f} MiB {soc}'s HTP maps "
             "per process (rebuild with a smaller qnn-context.context_length, or share_weights = true)")
 

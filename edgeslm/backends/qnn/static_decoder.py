@@ -138,7 +138,8 @@ def export_graph(module: Any, config: dict[str, Any], steps: int, context: int, 
     declare_opset_21(path)
 
 
-# ops of opset 20 whose 20 -> 21 step in onnx's version converter is a CompatibleAdapter (types added only)
+# ops of opset 20 that opset 21 leaves as they are, or whose 20 -> 21 step in onnx's version converter is a
+# CompatibleAdapter (types added only)
 _SAME_IN_21 = {"Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Neg", "MatMul", "ReduceMean", "Softmax",
                "Sigmoid", "Concat", "Slice", "Split", "Gather", "Expand", "Where", "Equal", "Tile", "Range",
                "Cast", "CastLike", "Constant", "ConstantOfShape", "Flatten", "Identity", "Reshape", "Shape",
