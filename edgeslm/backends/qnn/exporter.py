@@ -195,8 +195,9 @@ class QnnExporter:
     @staticmethod
     def _image_sequences(job: ExportJob, settings: QnnSettings, vision: VisionBuild, embeddings: np.ndarray,
                          calibration_ids: list[list[int]]) -> dict[int, np.ndarray]:
-        """Append one image prompt per calibration image to ``calibration_ids`` (its tail, as long as a text
-        sequence); returns their embedding rows (image features in place) by sequence index."""
+        """Append the image prompts of the calibration images ``build_vision`` picked for the decoder to
+        ``calibration_ids`` (each prompt's tail, as long as a text sequence); returns their embedding rows
+        (image features in place) by sequence index."""
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(job.source.path / "tokenizer.json"))

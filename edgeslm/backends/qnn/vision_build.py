@@ -34,7 +34,7 @@ GRAPH = "vision"
 class VisionBuild:
     config: dict[str, Any]  # qnn_config["vision"]
     soc_files: dict[str, str]  # SoC -> its EPContext model (relative to the artifact)
-    calibration_features: list[np.ndarray]  # per calibration image [image tokens, hidden] (float graph)
+    calibration_features: list[np.ndarray]  # [image tokens, hidden] (float graph) of the decoder's calibration images
     timing: dict[str, Any]
     clip: dict[str, int]  # widths for the activation estimate
 
@@ -56,8 +56,9 @@ def build_vision(source: Path, settings: QnnSettings, compile_for: dict, out_dir
         synthetic_images(settings.vision_calibration_count)
     processed = calibration_pixels(images, settings.num_crops)
     run = ep_sessions.runner(ep_sessions.cpu_session(float_model, 2))
+    count = min(settings.calibration_sequences, len(processed))  # image prompts for the decoder, evenly spread
     features = [image_tokens(run({"pixel_values": p.pixel_values[0]})[0], separators, *p.image_sizes[0].tolist(),
-                             crops) for p in processed]
+                             crops) for p in (processed[i * len(processed) // count] for i in range(count))]
     del run
     qdq_model = qdq_dir / f"{GRAPH}.onnx"
     quantize_graph(float_model, qdq_model, PixelReader(processed), 8, 8, other_weights="uint8")
