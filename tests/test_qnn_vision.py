@@ -59,7 +59,7 @@ def test_snapdragon_builds_qnn_with_images(bundle, artifact):
     assert not any("not built" in w for w in manifest["warnings"])
     qnn = manifest["artifacts"][0]
     vision = qnn["vision"]
-    assert vision["num_crops"] == 4 and vision["precision"] == "a16w8" and vision["tokens_per_crop"] == 144
+    assert vision["num_crops"] == 4 and vision["precision"] == "float16" and vision["tokens_per_crop"] == 144
     assert vision["tokens_by_grid"]["2x2"] == 757 and vision["tokens_per_image"]["4"] == 781
     assert "16" not in vision["tokens_per_image"]  # the graph takes num_crops + 1 = 5 crops, no more
     config = json.loads((artifact / "qnn_config.json").read_text())
@@ -74,15 +74,34 @@ def test_snapdragon_builds_qnn_with_images(bundle, artifact):
     assert qnn["details"]["stage_seconds"][0]["part"] == "vision"
 
 
-def test_encoder_graph_is_static_a16w8_without_data_dependent_ops(artifact):
+def test_encoder_graph_is_static_without_data_dependent_ops(artifact):
     import onnx
 
     graph = onnx.load(str(artifact / "qdq" / "vision.onnx"), load_external_data=False).graph
     (pixels,) = graph.input
     assert [d.dim_value for d in pixels.type.tensor_type.shape.dim] == [5, 3, 336, 336]
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] == [1, 720, 256]
-    ops = {n.op_type for n in graph.node}
-    assert not ops & {"Compress", "NonZero", "Loop", "If", "CumSum"}
+    assert not {n.op_type for n in graph.node} & {"Compress", "NonZero", "Loop", "If", "CumSum", "QuantizeLinear"}
+    config = json.loads((artifact / "qnn_config.json").read_text())["vision"]
+    assert config["precision"] == "float16" and not config["npu_input_quantization"]
+
+
+@pytest.fixture(scope="module")
+def a16w8(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qnn-vision-a16w8") / "shapes.bundle"
+    result = run_cli("build", "--target", "snapdragon-x-elite", "--model", str(VISION_MODEL), "--out", str(out),
+                     "--no-eval", *SMALL, "--set", "qnn-context.vision_precision=a16w8")
+    assert result.returncode == 0, result
+    return out / "artifacts" / "qnn-context"
+
+
+def test_a16w8_encoder_is_qdq_with_per_channel_int8_weights_and_runs_on_the_simulator(a16w8):
+    import onnx
+
+    from edgeslm.backends.qnn import ep_sessions
+    from edgeslm.backends.qnn.artifact_files import QnnArtifact
+
+    graph = onnx.load(str(a16w8 / "qdq" / "vision.onnx"), load_external_data=False).graph
     initializers = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     quantize = [n for n in graph.node if n.op_type == "QuantizeLinear"]
@@ -93,6 +112,16 @@ def test_encoder_graph_is_static_a16w8_without_data_dependent_ops(artifact):
     for node in matmuls:
         weight, scale = (initializers[producer[node.input[1]].input[i]] for i in (0, 1))
         assert weight.data_type == onnx.TensorProto.INT8 and list(scale.dims) == [weight.dims[1]]  # per channel
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(initializers[producer[n.input[1]].input[0]].data_type == onnx.TensorProto.UINT8 for n in norms)
+    qnn = QnnArtifact.open(a16w8)
+    assert qnn.vision_options() == {"input_quantization_on_npu": True, "float16": False}
+    images = _processed("shapes-336.png")
+    cpu = qnn.image_features(ep_sessions.runner(ep_sessions.cpu_session(qnn.vision_file("qdq"))),
+                             images.pixel_values, images.image_sizes)
+    htp = qnn.image_features(ep_sessions.runner(ep_sessions.htp_session(
+        qnn.vision_file("SC8380XP"), 60, 73, threads=2, **qnn.vision_options())), images.pixel_values, images.image_sizes)
+    assert _cosine(htp, cpu) > 0.999
 
 
 # ---- the image side against the torch reference and on the simulated NPU -------------------------------
@@ -117,7 +146,7 @@ def test_features_match_the_torch_reference(artifact, reference, name):
     assert _cosine(got, want) > 0.99
 
 
-def test_simulated_npu_encoder_matches_the_qdq_graph(artifact):
+def test_simulated_npu_fp16_encoder_matches_the_float_graph(artifact):
     from edgeslm.backends.qnn import ep_sessions
     from edgeslm.backends.qnn.artifact_files import QnnArtifact
 
@@ -126,7 +155,7 @@ def test_simulated_npu_encoder_matches_the_qdq_graph(artifact):
     cpu = qnn.image_features(ep_sessions.runner(ep_sessions.cpu_session(qnn.vision_file("qdq"))),
                              images.pixel_values, images.image_sizes)
     htp = qnn.image_features(ep_sessions.runner(ep_sessions.htp_session(
-        qnn.vision_file("SC8380XP"), 60, 73, threads=2, input_quantization_on_npu=True)),
+        qnn.vision_file("SC8380XP"), 60, 73, threads=2, **qnn.vision_options())),
         images.pixel_values, images.image_sizes)
     assert htp.shape == cpu.shape and _cosine(htp, cpu) > 0.999
 

@@ -44,6 +44,12 @@ class QnnArtifact:
             raise BundleError(f"{self.folder} has no vision encoder for {where}")
         return self.folder / name
 
+    def vision_options(self) -> dict[str, bool]:
+        """How the encoder's HTP session is made: the a16w8 graph quantizes its input on the NPU; the float16
+        one runs the float graph in the HTP's fp16 precision (artifacts from before the setting: a16w8)."""
+        quantized = self.config["vision"].get("precision", "a16w8") == "a16w8"
+        return {"input_quantization_on_npu": quantized, "float16": not quantized}
+
     def image_features(self, run: Runner, pixel_values: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
         """[image tokens, hidden] of the images, through ``run`` (a vision encoder session)."""
         from .vision_layout import image_features

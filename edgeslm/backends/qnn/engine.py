@@ -63,7 +63,7 @@ class QnnEngine:
             try:
                 self.vision = ep_sessions.runner(ep_sessions.htp_session(
                     artifact.vision_file(soc), entry["soc_model"], entry["htp_arch"], threads=threads,
-                    input_quantization_on_npu=True))
+                    **artifact.vision_options()))
             except BundleError:
                 raise
             except Exception as exc:

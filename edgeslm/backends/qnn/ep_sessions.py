@@ -64,10 +64,12 @@ def _qnn_devices() -> list:
 
 
 def htp_session(model: Path, soc_model: int | None = None, htp_arch: int | None = None,
-                config: dict[str, str] | None = None, threads: int = 1, input_quantization_on_npu: bool = False) -> Any:
+                config: dict[str, str] | None = None, threads: int = 1, input_quantization_on_npu: bool = False,
+                float16: bool = False) -> Any:
     """A session whose whole graph runs on the HTP backend (or fails). ``input_quantization_on_npu``: the
     QuantizeLinear right after a graph input runs on the HTP too (the EP leaves it to the CPU by default,
-    which ``disable_cpu_ep_fallback`` refuses: the vision encoder's pixel_values need it)."""
+    which ``disable_cpu_ep_fallback`` refuses: the a16w8 vision encoder's pixel_values need it). ``float16``:
+    a float graph runs in the HTP's fp16 precision (``enable_htp_fp16_precision``)."""
     import onnxruntime as ort
     import onnxruntime_qnn
 
@@ -85,6 +87,8 @@ def htp_session(model: Path, soc_model: int | None = None, htp_arch: int | None 
         provider["htp_arch"] = str(htp_arch)
     if input_quantization_on_npu:
         provider["offload_graph_io_quantization"] = "0"
+    if float16:
+        provider["enable_htp_fp16_precision"] = "1"
     options.add_provider_for_devices(devices[:1], provider)
     with native_stdout_to_stderr():
         return ort.InferenceSession(str(model), sess_options=options)
@@ -105,12 +109,13 @@ def runner(session: Any):
 
 
 def compile_context(model: Path, out_model: Path, soc_model: int, htp_arch: int, share: bool = False,
-                    last_shared: bool = False, input_quantization_on_npu: bool = False) -> None:
+                    last_shared: bool = False, input_quantization_on_npu: bool = False, float16: bool = False) -> None:
     """Compile a QDQ graph into an EPContext model ``out_model`` plus its ``*_qnn.bin`` context binary."""
     config = {"ep.context_enable": "1", "ep.context_file_path": str(out_model), "ep.context_embed_mode": "0"}
     if share:
         config["ep.share_ep_contexts"] = "1"
         if last_shared:
             config["ep.stop_share_ep_contexts"] = "1"
-    session = htp_session(model, soc_model, htp_arch, config, input_quantization_on_npu=input_quantization_on_npu)
+    session = htp_session(model, soc_model, htp_arch, config, input_quantization_on_npu=input_quantization_on_npu,
+                          float16=float16)
     del session

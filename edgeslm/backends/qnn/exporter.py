@@ -106,8 +106,10 @@ class QnnExporter:
             timings.append(vision.timing)
             for name, file in vision.soc_files.items():
                 socs[name]["vision"] = file
-            image_rows = self._image_sequences(job, settings, vision, embeddings, calibration_ids)
-        steps = plan_steps(calibration_ids, settings.prefill_chunk)
+            image_rows, image_prompts = self._image_sequences(job, settings, vision, embeddings, calibration_ids)
+        else:
+            image_prompts = {}
+        steps = plan_steps(calibration_ids, settings.prefill_chunk, image_prompts)
         store = residual_store(job.work_dir / "residual-0.npy", steps, settings.prefill_chunk, shape["hidden_size"])
         embed_steps(store, steps, embeddings, image_rows)
         for part in parts:
@@ -194,21 +196,23 @@ class QnnExporter:
 
     @staticmethod
     def _image_sequences(job: ExportJob, settings: QnnSettings, vision: VisionBuild, embeddings: np.ndarray,
-                         calibration_ids: list[list[int]]) -> dict[int, np.ndarray]:
+                         calibration_ids: list[list[int]]) -> tuple[dict[int, np.ndarray], dict[int, int]]:
         """Append the image prompts of the calibration images ``build_vision`` picked for the decoder to
-        ``calibration_ids`` (each prompt's tail, as long as a text sequence); returns their embedding rows
-        (image features in place) by sequence index."""
+        ``calibration_ids`` (whole prompts: all image tokens at their real positions, then a few answer
+        tokens); returns their embedding rows (image features in place) and prompt lengths by sequence index."""
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_file(str(job.source.path / "tokenizer.json"))
-        length = min(2 * settings.prefill_chunk + settings.calibration_decode_steps, settings.context_length)
-        rows = {}
+        rows, prompts = {}, {}
         for features in vision.calibration_features:
-            ids, embedded = image_prompt(lambda text: tokenizer.encode(text, add_special_tokens=True).ids, features,
-                                         embeddings, length)
-            rows[len(calibration_ids)] = embedded
+            ids, embedded, prompt_length = image_prompt(
+                lambda text: tokenizer.encode(text, add_special_tokens=True).ids, features, embeddings)
+            if len(ids) > settings.context_length:  # an image prompt longer than the graphs' context
+                raise UsageError(f"a calibration image prompt has {len(ids)} tokens, more than qnn-context.context_length "
+                                 f"{settings.context_length}", hint="lower qnn-context.num_crops or raise context_length")
+            rows[len(calibration_ids)], prompts[len(calibration_ids)] = embedded, prompt_length
             calibration_ids.append(ids)
-        return rows
+        return rows, prompts
 
     @staticmethod
     def _calibration_ids(job: ExportJob, settings: QnnSettings) -> list[list[int]]:

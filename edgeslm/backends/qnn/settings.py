@@ -59,6 +59,10 @@ class QnnSettings:
     socs: SoCs to compile context binaries for, by Qualcomm part number.
     num_crops: Phi-3.5-vision only: the most 336-px crops an image is cut into (1..16); the vision encoder
         graph is compiled for num_crops + 1 crops (the global one first).
+    vision_precision: Phi-3.5-vision only: the vision encoder on the HTP in ``float16`` (the float graph
+        compiled with HTP fp16 precision: no calibration; the default, because a16w8 missed the accuracy
+        gate on the demo model, docs/qnn.md) or ``a16w8`` (QDQ: 16-bit activations, int8 per-channel weights;
+        half the encoder's size).
     vision_calibration_images: Phi-3.5-vision only: a folder of images that calibrate the vision encoder's
         (and the decoder's image-side) 16-bit activation ranges; empty: images the build draws itself
         (``vision_calibration``), never the evaluation set.
@@ -81,6 +85,7 @@ class QnnSettings:
     qai_hub_profile: bool = False
     socs: Mapping[str, SocParameters] = field(default_factory=_default_socs)
     num_crops: int = 4
+    vision_precision: Literal["float16", "a16w8"] = "float16"
     vision_calibration_images: str = ""
     vision_calibration_count: int = 32
 

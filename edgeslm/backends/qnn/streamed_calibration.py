@@ -41,13 +41,17 @@ class Step:
     closes_prompt: bool = False  # the last prefill step of its sequence
 
 
-def plan_steps(sequences: list[list[int]], chunk: int) -> list[Step]:
+def plan_steps(sequences: list[list[int]], chunk: int, whole_prompts: dict[int, int] | None = None) -> list[Step]:
     """Each sequence: its first two chunks as prompt, then one decode step per remaining token; when no
-    sequence is that long, each is prefilled but for its last token, which is decoded."""
+    sequence is that long, each is prefilled but for its last token, which is decoded. A sequence in
+    ``whole_prompts`` (an image prompt: index -> prompt length) is prefilled up to that length, whatever it
+    is, so the calibration sees attention over all of an image's tokens at their real positions."""
     long_enough = any(len(ids) > min(2 * chunk, len(ids)) for ids in sequences)
     steps: list[Step] = []
     for seq, ids in enumerate(sequences):
         prompt = ids[:min(2 * chunk, len(ids))] if long_enough else ids[:-1]
+        if whole_prompts and seq in whole_prompts:
+            prompt = ids[:whole_prompts[seq]]
         starts = list(range(0, len(prompt), chunk))
         for k, s in enumerate(starts):
             steps.append(Step(len(steps), seq, "prefill", s, tuple(prompt[s:s + chunk]), chunk, k == len(starts) - 1))

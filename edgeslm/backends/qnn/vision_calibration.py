@@ -94,12 +94,16 @@ class PixelReader(CalibrationDataReader):
         return {"pixel_values": self.processed[self.cursor - 1].pixel_values[0]}
 
 
-def image_prompt(encode, features: np.ndarray, embeddings: np.ndarray, length: int) -> tuple[list[int], np.ndarray]:
-    """The last ``length`` tokens of an image prompt (ids, with -1 at image positions) and their float32
-    embeddings: the token table's rows, the image ``features`` [image tokens, hidden] at the image positions."""
+def image_prompt(encode, features: np.ndarray, embeddings: np.ndarray) -> tuple[list[int], np.ndarray, int]:
+    """An image prompt and the start of an answer: ids (-1 at image positions), their float32 embeddings (the
+    token table's rows, the image ``features`` [image tokens, hidden] at the image positions) and the length
+    of the prompt part (through ``<|assistant|>``); the answer's tokens are the decode steps."""
     from ...vision.image_prompt import expand_image_prompt
 
-    ids = expand_image_prompt(PROMPT, encode, [features.shape[0]])
+    question, answer = PROMPT.rsplit("\n", 1)
+    ids = expand_image_prompt(question + "\n", encode, [features.shape[0]])
+    prompt_length = len(ids)
+    ids += encode(answer)[1:]  # without its BOS
     rows = embeddings[np.maximum(np.asarray(ids), 0)].astype(np.float32)
     rows[np.asarray(ids) < 0] = features
-    return ids[-length:], rows[-length:]
+    return ids, rows, prompt_length

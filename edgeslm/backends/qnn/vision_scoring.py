@@ -1,8 +1,9 @@
 """Score the image side of a QNN artifact (build-time quality measurement, ``builder/vision_quality``).
 
-As the text scorer (``scoring``), the shipped QDQ graphs run on ONNX Runtime's CPU provider: the same
-quantized graphs the HTP runs (the simulator agrees with them: tests/test_qnn_vision.py), much faster than
-the simulator. Without shipped QDQ graphs the first SoC's compiled graphs run on the HTP backend.
+As the text scorer (``scoring``), the shipped portable graphs run on ONNX Runtime's CPU provider: the
+decoder's QDQ graphs (what the HTP runs), and the encoder's QDQ graph (a16w8) or its float32 graph (float16:
+the HTP's fp16 result is within cosine 0.99999 of it, tests/test_qnn_vision.py), much faster than the
+simulator. Without shipped QDQ graphs the first SoC's compiled graphs run on the HTP backend.
 
 ``image_features`` runs the vision encoder + host HD layout alone (compared with the torch reference's
 features); ``answer_tokens`` answers image questions greedily through the engine's own loop
@@ -28,13 +29,13 @@ from .vision_layout import prompt_rows
 
 
 def _sessions(artifact: QnnArtifact):
-    """(where, make_runner, vision input on the NPU) for the artifact's scoring graphs."""
+    """(where, make_runner) for the artifact's scoring graphs; ``make(path, vision=True)`` for the encoder."""
     if artifact.config.get("qdq") and artifact.config["vision"].get("qdq"):
-        return "qdq", lambda path, npu_input=False: ep_sessions.runner(ep_sessions.cpu_session(path, 2))
+        return "qdq", lambda path, vision=False: ep_sessions.runner(ep_sessions.cpu_session(path, 2))
     where = next(iter(artifact.config["socs"]))
     entry = artifact.config["socs"][where]
-    return where, lambda path, npu_input=False: ep_sessions.runner(ep_sessions.htp_session(
-        path, entry["soc_model"], entry["htp_arch"], threads=2, input_quantization_on_npu=npu_input))
+    return where, lambda path, vision=False: ep_sessions.runner(ep_sessions.htp_session(
+        path, entry["soc_model"], entry["htp_arch"], threads=2, **(artifact.vision_options() if vision else {})))
 
 
 def image_features(artifact_dir: Path, pixel_values: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
