@@ -66,9 +66,9 @@ class QnnSettings:
     vision_calibration_images: Phi-3.5-vision only: a folder of images that calibrate the vision encoder's
         (and the decoder's image-side) 16-bit activation ranges; empty: images the build draws itself
         (``vision_calibration``), never the evaluation set.
-    vision_calibration_count: how many calibration images calibrate the encoder (32: on the demo model the
-        worst feature error against the float graph was 16.9 with 8 drawn images, 12.0 with 16, 3.7 with 32);
-        the decoder's image side takes ``calibration_sequences`` of them.
+    vision_calibration_count: how many calibration images calibrate the a16w8 encoder (32: on the demo model
+        the worst feature error against the float graph was 16.9 with 8 drawn images, 12.0 with 16, 3.7 with
+        32); the decoder's image side takes ``calibration_sequences`` of them (whole image prompts).
     """
 
     context_length: int = 1024
