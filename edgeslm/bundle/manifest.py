@@ -125,7 +125,7 @@ class VisionInfo:
     tokens_by_grid: dict[str, int]  # image tokens by crop grid "HxW" reachable at num_crops
     vision_weight_bytes: int  # the vision part's files
     vision_runtime_bytes: int  # the vision part's activations for one image at num_crops (estimated)
-    precision: str  # CLIP's linear layers: int8 | int4 | float32
+    precision: str  # the vision part's weights: int8 | int4 | float32 | float16 (MLX, QNN) | a16w8 (QNN)
     preprocessing: str = "edgeslm.vision.phi3v_processor"
     max_image_pixels: int = 40_000_000
     accuracy: VisionAccuracy | None = None
