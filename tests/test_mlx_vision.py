@@ -16,7 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import EVAL, REPO, assert_clean_error, import_blocker, run_cli, vision_eval_subset
-from test_vision_e2e import ANSWERS, FIRST_IMAGE, HOW_MANY, IMAGES, SHAPES, VISION_MODEL, png_bytes, png_claiming
+from test_vision_e2e import (
+    ANSWERS,
+    BAD_IMAGE_IDS,
+    BAD_IMAGES,
+    FIRST_IMAGE,
+    HOW_MANY,
+    IMAGES,
+    SHAPES,
+    VISION_MODEL,
+    write_bad_images,
+)
 
 from edgeslm.errors import BundleError, ContextLengthError, UsageError
 from edgeslm.safetensors_header import read_header
@@ -164,20 +174,9 @@ def test_image_tokens_count_against_the_context(bundle):
 
 # ---- bad input: the ONNX vision engine's cases, and the engine's own checks -----------------------------
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda tmp: IMAGES / "not-an-image.png", "is not an image edgeslm can read"),
-    (lambda tmp: tmp / "half.png", "damaged or truncated"),
-    (lambda tmp: tmp / "bomb.png", "is too large: over Pillow's decompression-bomb limit"),
-    (lambda tmp: tmp / "49mp.png", "is too large: 7000x7000 pixels (49.0 MP), over the limit of 40.0 MP"),
-    (lambda tmp: tmp / "thin.png", "a 5000x1 image is too thin"),
-    (lambda tmp: tmp / "missing.png", "no such file"),
-    (lambda tmp: tmp, "is a folder"),
-], ids=["not-an-image", "truncated", "bomb-30000x30000", "over-40mp", "too-thin", "missing", "folder"])
+@pytest.mark.parametrize("make, fragment", BAD_IMAGES, ids=BAD_IMAGE_IDS)
 def test_run_refuses_bad_images_cleanly(bundle, tmp_path, make, fragment):
-    (tmp_path / "half.png").write_bytes(SHAPES.read_bytes()[:SHAPES.stat().st_size // 2])
-    (tmp_path / "bomb.png").write_bytes(png_claiming(30000, 30000))
-    (tmp_path / "49mp.png").write_bytes(png_claiming(7000, 7000))
-    (tmp_path / "thin.png").write_bytes(png_bytes(5000, 1))
+    write_bad_images(tmp_path)
     result = run_cli("run", str(bundle), HOW_MANY, "--image", str(make(tmp_path)), *MLX)
     assert_clean_error(result, FIRST_IMAGE, fragment)
     assert result.returncode == 2 and not result.stdout.strip()

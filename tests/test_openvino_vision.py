@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import EVAL, FIXTURES, REPO, assert_clean_error, run_cli, vision_eval_subset
 from PIL import Image
+from test_vision_e2e import BAD_IMAGE_IDS, BAD_IMAGES, write_bad_images
 
 import edgeslm
 from edgeslm.errors import ContextLengthError
@@ -206,30 +207,9 @@ def test_npu_envelope_counts_image_tokens(ov_bundle, llm):
 
 # ---- bad input -----------------------------------------------------------------------------------------
 
-def _png_claiming(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    data = bytearray(SHAPES.read_bytes())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
-
-
-@pytest.mark.parametrize("make, fragment", [
-    (lambda tmp: IMAGES / "not-an-image.png", "is not an image edgeslm can read"),
-    (lambda tmp: tmp / "half.png", "damaged or truncated"),
-    (lambda tmp: tmp / "bomb.png", "is too large: over Pillow's decompression-bomb limit"),
-    (lambda tmp: tmp / "49mp.png", "is too large: 7000x7000 pixels (49.0 MP), over the limit of 40.0 MP"),
-    (lambda tmp: tmp / "thin.png", "a 5000x1 image is too thin"),
-    (lambda tmp: tmp / "missing.png", "no such file"),
-    (lambda tmp: tmp, "is a folder"),
-], ids=["not-an-image", "truncated", "bomb-30000x30000", "over-40mp", "too-thin", "missing", "folder"])
+@pytest.mark.parametrize("make, fragment", BAD_IMAGES, ids=BAD_IMAGE_IDS)
 def test_run_refuses_bad_images_cleanly(ov_bundle, tmp_path, make, fragment):
-    (tmp_path / "half.png").write_bytes(SHAPES.read_bytes()[:SHAPES.stat().st_size // 2])
-    (tmp_path / "bomb.png").write_bytes(_png_claiming(30000, 30000))
-    (tmp_path / "49mp.png").write_bytes(_png_claiming(7000, 7000))
-    Image.new("RGB", (5000, 1), "white").save(tmp_path / "thin.png")
+    write_bad_images(tmp_path)
     result = run_cli("run", str(ov_bundle), HOW_MANY, "--image", str(make(tmp_path)), "--artifact", ARTIFACT)
     assert_clean_error(result, FIRST_IMAGE, fragment)
     assert result.returncode == 2 and not result.stdout.strip()

@@ -312,7 +312,9 @@ def test_text_only_bundle_refuses_images_in_the_server(built_bundle):
 
 # ---- 6. bad input on the vision bundle ------------------------------------------------------------------
 
-@pytest.mark.parametrize("make, fragment", [
+# Bad image files and the message fragment each must give (shared by the engines' test files): ``make(tmp)``
+# is the path to pass, after ``write_bad_images(tmp)``.
+BAD_IMAGES = [
     (lambda tmp: IMAGES / "not-an-image.png", "is not an image edgeslm can read"),
     (lambda tmp: tmp / "half.png", "damaged or truncated"),
     (lambda tmp: tmp / "bomb.png", "is too large: over Pillow's decompression-bomb limit"),
@@ -320,12 +322,20 @@ def test_text_only_bundle_refuses_images_in_the_server(built_bundle):
     (lambda tmp: tmp / "thin.png", "a 5000x1 image is too thin"),
     (lambda tmp: tmp / "missing.png", "no such file"),
     (lambda tmp: tmp, "is a folder"),
-], ids=["not-an-image", "truncated", "bomb-30000x30000", "over-40mp", "too-thin", "missing", "folder"])
+]
+BAD_IMAGE_IDS = ["not-an-image", "truncated", "bomb-30000x30000", "over-40mp", "too-thin", "missing", "folder"]
+
+
+def write_bad_images(tmp: Path) -> None:
+    (tmp / "half.png").write_bytes(SHAPES.read_bytes()[:SHAPES.stat().st_size // 2])
+    (tmp / "bomb.png").write_bytes(png_claiming(30000, 30000))
+    (tmp / "49mp.png").write_bytes(png_claiming(7000, 7000))
+    (tmp / "thin.png").write_bytes(png_bytes(5000, 1))
+
+
+@pytest.mark.parametrize("make, fragment", BAD_IMAGES, ids=BAD_IMAGE_IDS)
 def test_run_refuses_bad_images_cleanly(vision_bundle, tmp_path, make, fragment):
-    (tmp_path / "half.png").write_bytes(SHAPES.read_bytes()[:SHAPES.stat().st_size // 2])
-    (tmp_path / "bomb.png").write_bytes(png_claiming(30000, 30000))
-    (tmp_path / "49mp.png").write_bytes(png_claiming(7000, 7000))
-    (tmp_path / "thin.png").write_bytes(png_bytes(5000, 1))
+    write_bad_images(tmp_path)
     result = run_cli("run", str(vision_bundle), HOW_MANY, "--image", str(make(tmp_path)))
     assert_clean_error(result, FIRST_IMAGE, fragment)
     assert result.returncode == 2 and not result.stdout.strip()
